@@ -1,0 +1,3 @@
+"""Placeholder: being written."""
+ConvBlock = None
+conv_output_size = None

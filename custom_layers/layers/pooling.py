@@ -1,0 +1,3 @@
+"""Placeholder: being written."""
+DistanceWeightedPooling2D = None
+L2Pooling2D = None
