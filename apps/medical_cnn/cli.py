@@ -1,0 +1,141 @@
+"""`medical-cnn`: train, evaluate, predict and export the chest X-ray classifier.
+
+```
+medical-cnn train [--data PATH | --dataset tfds:NAME] [--preset default] [--epochs N]
+                  [--run-dir DIR] [--seed N]
+medical-cnn evaluate --model RUN_DIR_OR_MODEL [--data PATH] [--split val] [--out FILE]
+medical-cnn predict --model RUN_DIR_OR_MODEL IMAGE... [--explain OUT_DIR]
+medical-cnn export --model RUN_DIR_OR_MODEL [--base saved_models/medical_cnn] [--keep K]
+```
+
+Errors in the input (missing files, malformed data, unsafe or corrupt models)
+print `error: ...` and exit with status 2; `predict` exits with 1 when some
+files could not be read (the others are still predicted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from apps.common.cli import CliError, add_common_train_args, default_run_dir, run_cli
+
+APP_NAME = "medical_cnn"
+
+
+def _parser() -> argparse.ArgumentParser:
+    from apps.medical_cnn.config import PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="medical-cnn", description="Chest X-ray classifier (PneumoniaMNIST and more)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model into a run directory")
+    add_common_train_args(train, presets=PRESETS)
+    train.add_argument(
+        "--dataset",
+        default=None,
+        help="'pneumoniamnist' (default; downloaded unless --data), 'npz' or 'tfds:NAME'",
+    )
+    train.add_argument("--max-train-examples", type=int, default=None, help="subsample train")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+
+    evaluate = sub.add_parser("evaluate", help="measure a model on one split")
+    evaluate.add_argument("--model", required=True, help="run directory or .keras file")
+    evaluate.add_argument("--data", default=None, help=".npz holding the split (default: run's)")
+    evaluate.add_argument("--split", default="val", choices=("train", "val", "test"))
+    evaluate.add_argument("--out", default=None, help="JSON report path")
+
+    predict = sub.add_parser("predict", help="classify image files (one JSON line each)")
+    predict.add_argument("--model", required=True, help="run directory or .keras file")
+    predict.add_argument("images", nargs="+", help="PNG/JPEG files")
+    predict.add_argument("--explain", default=None, help="write Grad-CAM overlays to this folder")
+
+    export = sub.add_parser("export", help="write a versioned SavedModel for TF Serving")
+    export.add_argument("--model", required=True, help="run directory or .keras file")
+    export.add_argument("--base", default=os.path.join("saved_models", APP_NAME))
+    export.add_argument("--keep", type=int, default=None, help="keep only the K newest versions")
+    return parser
+
+
+def _train(args) -> int:
+    from apps.common.config import apply_overrides
+    from apps.medical_cnn.config import get_config
+    from apps.medical_cnn.train import train
+
+    dataset = args.dataset
+    if dataset is None:
+        dataset = "pneumoniamnist"
+    if dataset.startswith("tfds:") and args.data is not None:
+        raise CliError("give either --data PATH or --dataset tfds:NAME, not both.")
+    if args.data is not None and not args.data.is_file():
+        raise CliError(f"data file not found: {args.data}")
+    cfg = apply_overrides(
+        get_config(args.preset),
+        dataset=dataset,
+        data_path=None if args.data is None else str(args.data),
+        epochs=args.epochs,
+        seed=args.seed,
+        max_train_examples=args.max_train_examples,
+    )
+    run_dir = args.run_dir if args.run_dir is not None else default_run_dir(APP_NAME)
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    report = train(cfg, run_dir, verbose=0 if args.quiet else 2)
+    summary = {k: report.get(k) for k in ("auc", "threshold", "train_seconds")}
+    if "at_threshold" in report:
+        summary.update(
+            {k: report["at_threshold"][k] for k in ("accuracy", "sensitivity", "specificity")}
+        )
+    print(json.dumps({"run_dir": str(run_dir), "val": summary}))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from apps.medical_cnn.evaluate import evaluate
+
+    report = evaluate(args.model, args.data, args.split, args.out)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _predict(args) -> int:
+    from apps.medical_cnn.predict import predict_files
+
+    records = predict_files(args.model, args.images, explain_dir=args.explain)
+    failed = 0
+    for record in records:
+        print(json.dumps(record), flush=True)
+        if "error" in record:
+            failed += 1
+            print(f"error: {record['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _export(args) -> int:
+    from apps.medical_cnn.export import export
+
+    if args.keep is not None and args.keep < 1:
+        raise CliError(f"--keep must be a positive integer. Received: {args.keep}")
+    path = export(args.model, args.base, keep=args.keep)
+    print(json.dumps({"export": str(path), "version": int(path.name)}))
+    return 0
+
+
+def _main(argv) -> int:
+    args = _parser().parse_args(argv)
+    return {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export}[
+        args.command
+    ](args)
+
+
+def main(argv=None) -> int:
+    """Console-script entry point; returns the exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

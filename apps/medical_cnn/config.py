@@ -1,0 +1,195 @@
+"""Typed configuration of the chest X-ray classifier, with named presets.
+
+One flat dataclass holds every choice a run makes (data, model, loss,
+imbalance handling, optimisation); `train` saves the resolved config as
+`config.json` beside the model, including what it learned from the data
+(input shape, classes, class weights, normalisation statistics).
+
+Presets:
+- `tiny`: a few thousand parameters and 28x28 input; trains in seconds, for tests.
+- `default`: the model the benchmark reports; trains in under 5 minutes on a
+  2-core CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from apps.common.config import get_preset
+
+POOLING_CHOICES = ("max", "average", "l2", "distance_weighted")
+LOSS_CHOICES = ("bce", "focal", "gce", "weighted_bce")
+IMBALANCE_CHOICES = ("class_weight", "none")
+LR_SCHEDULE_CHOICES = ("cosine", "constant")
+
+
+@dataclasses.dataclass
+class MedicalCNNConfig:
+    """Everything a training run of `medical-cnn` decides.
+
+    Data:
+        dataset: `"pneumoniamnist"` (official MedMNIST file: downloaded and
+            verified, or `data_path`), `"npz"` (a MedMNIST-style file at
+            `data_path`) or `"tfds:NAME"` (a TensorFlow Datasets image
+            classification data set with `image` and `label` features).
+        data_path: local `.npz` file; used instead of downloading.
+        tfds_image_size: TFDS images (any size) are resized to this square size.
+        max_train_examples: if set, train on a seeded random subset of this size.
+
+    Model (see `model.build_model`):
+        input_size: the square size the network works at; inputs of another
+            size are resized inside the model (e.g. 28 -> 56 gives the small
+            MedMNIST images more room for convolutions).
+        filters: filters per stage; each stage has `convs_per_stage` `ConvBlock`s
+            and all stages but the last end with pooling.
+        pooling: `max`, `average`, `l2` (`L2Pooling2D`) or `distance_weighted`.
+        activation: any `ConvBlock` activation: `relu`, `prelu`,
+            `custom_layers>leaky_relu`, `gelu`, ...
+        conv_dropout / dropout: dropout after each pooling stage / before the head.
+        batch_norm_momentum: momentum of the batch-norm moving statistics
+            (lower suits short runs with few steps).
+        weight_decay: AdamW decoupled weight decay.
+        augment: random rotation (fraction of a full turn), translation and
+            zoom (fractions of the size), contrast and brightness (fractions
+            of the 0..255 range), active only in training.
+
+    Loss and imbalance:
+        loss: `bce`, `focal` (`BinaryFocalCrossentropy`; `focal_alpha` None
+            means the share of negative examples, which balances the classes),
+            `gce` (`GeneralizedCrossentropy`, robust to label noise) or
+            `weighted_bce` (balanced class weights inside the loss). Multi-class
+            data uses the categorical form of each.
+        imbalance: `class_weight` (balanced weights passed to `fit`) or `none`.
+            Use `none` with `focal` / `weighted_bce`, which balance in the loss.
+            The default was chosen on validation results (see the benchmark).
+
+    Training:
+        batch_size, epochs, learning_rate, lr_schedule (`cosine` decay per
+        epoch or `constant`), patience (early stopping on `val_auc`), seed.
+
+    Filled by `train` from the data (saved in `config.json`):
+        input_shape, num_classes, class_names, class_weights, pixel_mean, pixel_variance.
+    """
+
+    # Data
+    dataset: str = "pneumoniamnist"
+    data_path: str | None = None
+    tfds_image_size: int = 64
+    max_train_examples: int | None = None
+    # Model
+    input_size: int = 28
+    filters: tuple[int, ...] = (32, 64, 128)
+    convs_per_stage: int = 2
+    pooling: str = "max"
+    activation: str = "relu"
+    conv_dropout: float = 0.1
+    dropout: float = 0.3
+    weight_decay: float = 1e-4
+    batch_norm_momentum: float = 0.99
+    augment: bool = True
+    rotation: float = 0.03
+    translation: float = 0.08
+    zoom: float = 0.1
+    contrast: float = 0.2
+    brightness: float = 0.0
+    # Loss and imbalance
+    loss: str = "bce"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    focal_alpha: float | None = None
+    gce_q: float = 0.7
+    imbalance: str = "class_weight"
+    # Training
+    batch_size: int = 64
+    epochs: int = 20
+    learning_rate: float = 2e-3
+    lr_schedule: str = "cosine"
+    patience: int = 6
+    seed: int = 42
+    # Resolved from the data by `train` (None until then).
+    input_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    class_weights: tuple[float, ...] | None = None
+    pixel_mean: tuple[float, ...] | None = None
+    pixel_variance: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        _check_choice("pooling", self.pooling, POOLING_CHOICES)
+        _check_choice("loss", self.loss, LOSS_CHOICES)
+        _check_choice("imbalance", self.imbalance, IMBALANCE_CHOICES)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULE_CHOICES)
+        if not (self.dataset in ("pneumoniamnist", "npz") or self.dataset.startswith("tfds:")):
+            raise ValueError(
+                "dataset must be 'pneumoniamnist', 'npz' or 'tfds:NAME'. "
+                f"Received: dataset={self.dataset!r}"
+            )
+        if self.dataset == "npz" and not self.data_path:
+            raise ValueError("dataset='npz' needs data_path (pass --data PATH).")
+        for name in ("input_size", "convs_per_stage", "batch_size", "epochs", "patience"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+        if not self.filters or any(not isinstance(f, int) or f < 1 for f in self.filters):
+            raise ValueError(
+                f"filters must be a non-empty tuple of positive integers. Received: "
+                f"filters={self.filters!r}"
+            )
+        for name in ("conv_dropout", "dropout", "label_smoothing"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
+        if not 0.0 < self.gce_q <= 1.0:
+            raise ValueError(f"gce_q must be in (0, 1]. Received: gce_q={self.gce_q!r}")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise ValueError(
+                "max_train_examples must be a positive integer or None. "
+                f"Received: max_train_examples={self.max_train_examples!r}"
+            )
+        if self.loss in ("weighted_bce", "focal") and self.imbalance == "class_weight":
+            raise ValueError(
+                f"loss={self.loss!r} already balances the classes; combine it with "
+                f"imbalance='none' (received imbalance='class_weight')."
+            )
+        if self.focal_alpha is not None and not 0.0 <= self.focal_alpha <= 1.0:
+            raise ValueError(f"focal_alpha must be in [0, 1]. Received: {self.focal_alpha!r}")
+        self.filters = tuple(self.filters)
+
+    @property
+    def is_binary(self) -> bool:
+        return self.num_classes == 2
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}. Received: {name}={value!r}")
+
+
+def tiny() -> MedicalCNNConfig:
+    """A small, fast model for tests: 28x28, two stages, a few epochs."""
+    return MedicalCNNConfig(
+        input_size=28,
+        filters=(8, 16),
+        convs_per_stage=1,
+        conv_dropout=0.0,
+        dropout=0.1,
+        batch_norm_momentum=0.9,
+        augment=False,
+        batch_size=64,
+        epochs=4,
+        learning_rate=3e-3,
+        patience=3,
+    )
+
+
+def default() -> MedicalCNNConfig:
+    """The benchmarked model (see `benchmarks/medical_cnn.py`)."""
+    return MedicalCNNConfig()
+
+
+PRESETS = {"tiny": tiny, "default": default}
+
+
+def get_config(name: str) -> MedicalCNNConfig:
+    """Returns a fresh config for the preset `name` (`tiny` or `default`)."""
+    return get_preset(PRESETS, name)

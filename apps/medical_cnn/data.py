@@ -1,0 +1,416 @@
+"""Data for the chest X-ray classifier: MedMNIST-style `.npz` files, TFDS, tf.data.
+
+Every source ends as an `ImageData`: NumPy splits of `uint8`-range images
+`(N, H, W, C)` with integer labels `(N,)`, plus the class names. Pixels stay
+in their 0..255 scale here; the model normalises them itself (a
+`Normalization` layer), so training, prediction and serving cannot drift
+apart. `make_dataset` turns a split into a shuffled, batched, prefetched
+`tf.data.Dataset`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from apps.common.data import fetch_file
+
+SPLITS = ("train", "val", "test")
+
+# Official MedMNIST v2 release (Zenodo record 10519652). MedMNIST publishes an
+# MD5 for each file (medmnist/info.py: INFO["pneumoniamnist"]["MD5"]), not a
+# sha256; keras.utils.get_file verifies either, picking MD5 from the length.
+PNEUMONIAMNIST_URL = "https://zenodo.org/records/10519652/files/pneumoniamnist.npz?download=1"
+PNEUMONIAMNIST_MD5 = "28209eda62fecd6e6a2d98b1501bb15f"
+PNEUMONIAMNIST_CLASSES = ("normal", "pneumonia")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSplit:
+    """One split: `images` `(N, H, W, C)` in 0..255, `labels` `(N,)` int64."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclasses.dataclass
+class ImageData:
+    """Loaded splits plus what the model needs to know about them."""
+
+    splits: dict[str, ImageSplit]
+    num_classes: int
+    class_names: tuple[str, ...]
+    source: str
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return next(iter(self.splits.values())).images.shape[1:]
+
+    def __getitem__(self, split: str) -> ImageSplit:
+        return self.splits[split]
+
+
+def _npz_error(path, message, found, needed):
+    found_text = ", ".join(sorted(found)) if found else "(none)"
+    return ValueError(
+        f"{path}: {message}. Keys found: {found_text}. Keys needed: {', '.join(needed)}."
+    )
+
+
+def _check_images(path, key, images):
+    if images.ndim == 4 and images.shape[-1] == 1:
+        pass
+    elif images.ndim == 3:
+        images = images[..., None]
+    elif not (images.ndim == 4 and images.shape[-1] == 3):
+        raise ValueError(
+            f"{path}: '{key}' has shape {images.shape}; expected grayscale (N, H, W) or "
+            f"RGB (N, H, W, 3) images."
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"{path}: '{key}' holds no images (shape {images.shape}).")
+    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+        raise ValueError(f"{path}: '{key}' has dtype {images.dtype}; expected pixel numbers.")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0 or hi > 255:
+        raise ValueError(
+            f"{path}: '{key}' pixel values span [{lo}, {hi}]; expected 0..255 like MedMNIST."
+        )
+    if np.issubdtype(images.dtype, np.floating) and hi <= 1.0:
+        raise ValueError(
+            f"{path}: '{key}' looks scaled to [0, 1]; store pixels in 0..255 (uint8) so that "
+            f"image files converted for prediction match the training data."
+        )
+    return images
+
+
+def _check_labels(path, key, labels, count):
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    elif labels.ndim != 1:
+        raise ValueError(
+            f"{path}: '{key}' has shape {labels.shape}; expected one class index per image, "
+            f"(N,) or (N, 1) (multi-label data is not supported)."
+        )
+    if len(labels) != count:
+        raise ValueError(
+            f"{path}: mismatched counts: {count} images but {len(labels)} labels in '{key}'."
+        )
+    if labels.size and (not np.all(np.equal(np.mod(labels, 1), 0)) or float(np.min(labels)) < 0):
+        raise ValueError(f"{path}: '{key}' must hold non-negative integer class indices.")
+    return labels.astype("int64")
+
+
+def load_npz(path: str | os.PathLike, splits: Sequence[str] = ("train", "val")) -> dict:
+    """Loads the requested splits of a MedMNIST-style `.npz` file.
+
+    The file holds `<split>_images` and `<split>_labels` for any subset of
+    `train`, `val` and `test`; images are grayscale `(N, H, W)` (or
+    `(N, H, W, 1)`) or RGB `(N, H, W, 3)`, labels `(N,)` or `(N, 1)` class indices.
+
+    Args:
+        path: the `.npz` file.
+        splits: the splits to load; only these must be present.
+
+    Returns:
+        A dict `split -> ImageSplit`, images as `(N, H, W, C)`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not an `.npz` archive, a requested split is missing, image
+            and label counts differ, a split has no images, images have the
+            wrong number of dimensions, or splits disagree on the image shape.
+            Each message names the file, the keys found and the keys needed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    bad = [s for s in splits if s not in SPLITS]
+    if bad or not splits:
+        raise ValueError(f"splits must be a non-empty subset of {SPLITS}. Received: {splits!r}")
+    needed = [f"{s}_{part}" for s in splits for part in ("images", "labels")]
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{path} is not a readable .npz file ({e}).") from e
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} holds a single array, not an .npz archive of named arrays.")
+    with archive:
+        found = set(archive.files)
+        missing = [k for k in needed if k not in found]
+        if missing:
+            raise _npz_error(
+                path,
+                f"missing {', '.join(missing)} for split(s) {', '.join(splits)}",
+                found,
+                needed,
+            )
+        result = {}
+        for split in splits:
+            try:
+                images = archive[f"{split}_images"]
+                labels = archive[f"{split}_labels"]
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+                raise ValueError(f"{path}: could not read split '{split}' ({e}).") from e
+            images = _check_images(path, f"{split}_images", images)
+            labels = _check_labels(path, f"{split}_labels", labels, len(images))
+            result[split] = ImageSplit(images, labels)
+    shapes = {split: s.images.shape[1:] for split, s in result.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"{path}: splits have different image shapes: {shapes}.")
+    return result
+
+
+def _num_classes(splits: dict) -> int:
+    return max(2, int(max(int(s.labels.max()) for s in splits.values())) + 1)
+
+
+def load_pneumoniamnist(
+    data_path: str | os.PathLike | None = None,
+    splits: Sequence[str] = ("train", "val"),
+    cache_dir: str | os.PathLike | None = None,
+) -> ImageData:
+    """PneumoniaMNIST: the local file at `data_path`, else the verified official download."""
+    path = fetch_file(
+        PNEUMONIAMNIST_URL,
+        PNEUMONIAMNIST_MD5,
+        "pneumoniamnist.npz",
+        local_path=data_path,
+        cache_dir=cache_dir,
+    )
+    loaded = load_npz(path, splits)
+    if _num_classes(loaded) != 2:
+        raise ValueError(
+            f"{path} has {_num_classes(loaded)} classes, so it is not PneumoniaMNIST; "
+            f"for other MedMNIST-style files use --dataset npz --data PATH."
+        )
+    return ImageData(loaded, 2, PNEUMONIAMNIST_CLASSES, str(path))
+
+
+def load_npz_data(path: str | os.PathLike, splits: Sequence[str] = ("train", "val")) -> ImageData:
+    """Any MedMNIST-style file; classes are named by their index."""
+    loaded = load_npz(path, splits)
+    k = _num_classes(loaded)
+    return ImageData(loaded, k, tuple(str(i) for i in range(k)), str(path))
+
+
+def load_tfds(
+    name: str,
+    splits: Sequence[str] = ("train", "val"),
+    image_size: int = 64,
+    data_dir: str | os.PathLike | None = None,
+) -> ImageData:
+    """A TFDS image-classification data set with `image` and `label` features.
+
+    Images of any size are resized (aspect ratio kept by central cropping to a
+    square first, like MedMNIST) to `image_size` and kept in 0..255. `val`
+    maps to TFDS's `validation` split when there is one; otherwise the last
+    10% of `train` is held out as `val` (and `train` is the first 90%).
+
+    Raises:
+        ValueError: the data set lacks `image`/`label` features or a split.
+    """
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"tfds:{name} has features {sorted(features.keys())}; expected 'image' and 'label'."
+        )
+    builder.download_and_prepare()
+    available = set(builder.info.splits.keys())
+    if not available:
+        # No split metadata (e.g. under tfds.testing.mock_data): assume train and test only.
+        available = {"train", "test"}
+    names = {"train": "train", "test": "test"}
+    if "validation" in available:
+        names["val"] = "validation"
+    elif "val" in available:
+        names["val"] = "val"
+    elif "train" in available:
+        # Deterministic hold-out: the last 10% of train (files are not shuffled).
+        names["val"] = "train[90%:]"
+        names["train"] = "train[:90%]"
+    result = {}
+    for split in splits:
+        tfds_split = names.get(split)
+        if tfds_split is None or tfds_split.split("[")[0] not in available:
+            raise ValueError(
+                f"tfds:{name} has no split for '{split}'. "
+                f"Splits found: {', '.join(sorted(available))}."
+            )
+        ds = builder.as_dataset(split=tfds_split, as_supervised=True, shuffle_files=False)
+
+        def convert(image, label):
+            return crop_and_resize(image, image_size, image_size), label
+
+        ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE).batch(256)
+        images, labels = [], []
+        for x, y in ds.as_numpy_iterator():
+            images.append(np.clip(np.round(x), 0, 255).astype("uint8"))
+            labels.append(y.astype("int64"))
+        if not images:
+            raise ValueError(f"tfds:{name} split '{tfds_split}' holds no examples.")
+        imgs = np.concatenate(images)
+        result[split] = ImageSplit(imgs, np.concatenate(labels))
+    label_feature = features["label"]
+    k = int(label_feature.num_classes)
+    class_names = tuple(label_feature.names) if label_feature.names else tuple(map(str, range(k)))
+    return ImageData(result, k, class_names, f"tfds:{name}")
+
+
+def load_data(
+    dataset: str,
+    data_path: str | os.PathLike | None = None,
+    splits: Sequence[str] = ("train", "val"),
+    tfds_image_size: int = 64,
+) -> ImageData:
+    """Loads `dataset` (`pneumoniamnist`, `npz` or `tfds:NAME`), see the config docs."""
+    if dataset.startswith("tfds:"):
+        return load_tfds(dataset[len("tfds:") :], splits, image_size=tfds_image_size)
+    if dataset == "npz":
+        if data_path is None:
+            raise ValueError("dataset 'npz' needs a file: pass --data PATH.")
+        return load_npz_data(data_path, splits)
+    if dataset == "pneumoniamnist":
+        return load_pneumoniamnist(data_path, splits)
+    raise ValueError(
+        f"unknown dataset {dataset!r}; expected 'pneumoniamnist', 'npz' or 'tfds:NAME'."
+    )
+
+
+def subsample(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
+    """A seeded random subset of `n` examples (class proportions kept), or the split."""
+    if n is None or n >= len(split):
+        return split
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(split.labels):
+        idx = np.flatnonzero(split.labels == c)
+        take = max(1, round(n * len(idx) / len(split)))
+        chosen.append(rng.choice(idx, size=min(take, len(idx)), replace=False))
+    idx = np.sort(np.concatenate(chosen))
+    return ImageSplit(split.images[idx], split.labels[idx])
+
+
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> tuple[float, ...]:
+    """`n / (k * n_c)` per class (scikit-learn's "balanced"); absent classes get 1."""
+    counts = np.bincount(labels, minlength=num_classes).astype("float64")
+    weights = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 1.0)
+    return tuple(float(w) for w in weights)
+
+
+def pixel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and variance of the pixels (0..255 scale)."""
+    x = images.reshape(-1, images.shape[-1]).astype("float64")
+    return tuple(float(v) for v in x.mean(0)), tuple(float(v) for v in x.var(0))
+
+
+def encode_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Binary: `(N, 1)` float 0/1; multi-class: one-hot `(N, K)` float."""
+    if num_classes == 2:
+        return labels.astype("float32")[:, None]
+    return np.eye(num_classes, dtype="float32")[labels]
+
+
+def make_dataset(
+    split: ImageSplit,
+    num_classes: int,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int | None = None,
+    sample_weights: Sequence[float] | None = None,
+):
+    """A `tf.data` pipeline over one split: (shuffle) -> batch -> prefetch.
+
+    Yields `(images float32 (B, H, W, C) in 0..255, targets)` and, when
+    `sample_weights` (one weight per class) is given, a third element with each
+    example's weight.
+    """
+    import tensorflow as tf
+
+    targets = encode_labels(split.labels, num_classes)
+    tensors = (split.images, targets)
+    if sample_weights is not None:
+        tensors += (np.asarray(sample_weights, "float32")[split.labels],)
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if shuffle:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+
+    def to_float(images, *rest):
+        return (tf.cast(images, tf.float32), *rest)
+
+    return (
+        ds.batch(batch_size)
+        .map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def crop_and_resize(image, height: int, width: int):
+    """Central crop to the target aspect ratio, then resize to `(height, width)`.
+
+    TensorFlow ops on one float image `(h, w, c)`; bilinear with antialiasing,
+    so shrinking a large photo averages its pixels like MedMNIST's own
+    down-sampling did. An image that already has the target size is returned
+    unchanged. The same conversion is used for TFDS images, for image files
+    given to `predict`, and inside the exported SavedModel, so all three agree.
+    """
+    import tensorflow as tf
+
+    image = tf.cast(image, tf.float32)
+    shape = tf.shape(image)
+    h, w = shape[0], shape[1]
+    # Largest central window with the target aspect ratio (integer arithmetic).
+    crop_h = tf.minimum(h, (w * height) // width)
+    crop_w = tf.minimum(w, (h * width) // height)
+    crop_h, crop_w = tf.maximum(crop_h, 1), tf.maximum(crop_w, 1)
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    cropped = image[top : top + crop_h, left : left + crop_w, :]
+    same = tf.logical_and(tf.equal(crop_h, height), tf.equal(crop_w, width))
+    resized = tf.cond(
+        same,
+        lambda: cropped,
+        lambda: tf.image.resize(cropped, (height, width), method="bilinear", antialias=True),
+    )
+    return tf.ensure_shape(tf.reshape(resized, (height, width, -1)), (height, width, None))
+
+
+def decode_image(encoded, height: int, width: int, channels: int):
+    """Encoded PNG/JPEG/BMP/GIF bytes -> float32 `(height, width, channels)` in 0..255.
+
+    Any colour mode is converted the way MedMNIST-style data is stored:
+    `channels=1` gives luminance (ITU-R 601 weights, alpha dropped), `channels=3`
+    gives RGB (grey replicated, alpha dropped). 16-bit images are scaled to 8-bit
+    range. Then `crop_and_resize`. Works eagerly and inside `tf.function`.
+    """
+    import tensorflow as tf
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3. Received: channels={channels!r}")
+    image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8, expand_animations=False)
+    image = tf.cast(image, tf.float32)
+    c = tf.shape(image)[-1]
+    if channels == 1:
+        image = tf.cond(
+            c >= 3,
+            lambda: tf.image.rgb_to_grayscale(image[..., :3]),
+            lambda: image[..., :1],
+        )
+    else:
+        image = tf.cond(
+            c >= 3,
+            lambda: image[..., :3],
+            lambda: tf.tile(image[..., :1], (1, 1, 3)),
+        )
+    return crop_and_resize(image, height, width)

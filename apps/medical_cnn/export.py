@@ -1,0 +1,94 @@
+"""Export to a TF Serving SavedModel with the image preprocessing inside the graph.
+
+Signatures of the SavedModel (binary models; `probabilities` `(batch, K)` is
+added for multi-class ones):
+
+- `serving_default(image_bytes: string[batch])`: encoded PNG/JPEG/BMP/GIF
+  bytes of any size and colour mode; decoded, converted (luminance or RGB),
+  centre-cropped and resized exactly as `predict` does, then the model.
+- `predict_pixels(pixels: float32[batch, H, W, C])`: images already at the
+  model's input size, pixel values in 0..255.
+
+Both return `probability` (float32 `[batch]`, of the positive class, or of the
+predicted class), `label` (int64 `[batch]`, thresholded at the run's stored
+threshold) and `class_name` (string `[batch]`).
+
+The version folder is written by `apps.common.export.export_versioned`: a
+temporary folder renamed to `<base>/<next integer>` only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+
+from apps.common.export import export_versioned
+from apps.medical_cnn import data as data_lib
+from apps.medical_cnn.artifacts import LoadedRun, load_run
+
+DEFAULT_BASE = Path("saved_models") / "medical_cnn"
+
+
+def write_saved_model(run: LoadedRun, path: str | os.PathLike) -> None:
+    """Writes the SavedModel of `run` into the folder `path` (see the module doc)."""
+    import tensorflow as tf
+
+    model = run.model
+    height, width, channels = run.input_shape
+    binary = run.num_classes == 2
+    threshold = tf.constant(run.threshold, tf.float32)
+    names = tf.constant(list(run.class_names))
+
+    def outputs(probabilities):
+        if binary:
+            p = probabilities[:, 0]
+            label = tf.cast(p >= threshold, tf.int64)
+            return {"probability": p, "label": label, "class_name": tf.gather(names, label)}
+        label = tf.argmax(probabilities, axis=-1)
+        return {
+            "probabilities": probabilities,
+            "probability": tf.reduce_max(probabilities, axis=-1),
+            "label": label,
+            "class_name": tf.gather(names, label),
+        }
+
+    def serve_bytes(image_bytes):
+        images = tf.map_fn(
+            lambda encoded: data_lib.decode_image(encoded, height, width, channels),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec((height, width, channels), tf.float32),
+        )
+        return outputs(model(images, training=False))
+
+    def serve_pixels(pixels):
+        return outputs(model(pixels, training=False))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        serve_bytes,
+        input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
+    )
+    archive.add_endpoint(
+        "predict_pixels",
+        serve_pixels,
+        input_signature=[tf.TensorSpec((None, height, width, channels), tf.float32, name="pixels")],
+    )
+    archive.write_out(os.fspath(path), verbose=False)
+
+
+def export(
+    model: str | os.PathLike,
+    base_dir: str | os.PathLike = DEFAULT_BASE,
+    keep: int | None = None,
+) -> Path:
+    """Exports a run directory or `.keras` file as the next version under `base_dir`.
+
+    Returns:
+        The new version folder, e.g. `saved_models/medical_cnn/3`.
+    """
+    run = load_run(model)
+    return export_versioned(base_dir, lambda tmp: write_saved_model(run, tmp), keep=keep)

@@ -1,0 +1,224 @@
+"""Training: `model.fit` on a tf.data pipeline, writing one resumable run directory.
+
+A run directory holds:
+
+```
+config.json        resolved config (data-derived fields included)
+model.keras        best model on validation AUC (written atomically while training)
+history.csv        one row per epoch (continued when a run resumes)
+threshold.json     decision threshold maximising Youden's J on the validation split
+metrics.json       validation measures at that threshold and at 0.5, timings
+plots/             training_curves.png, roc_val.png, confusion_matrix_val.png
+logs/              TensorBoard logs (when tensorboard is installed)
+backup/            BackupAndRestore state, only while a run is unfinished
+```
+
+Running the same command (same `--run-dir`) after a crash resumes from the
+last backup; running it on a finished run is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from apps.common.callbacks import standard_callbacks
+from apps.common.config import config_to_dict, load_config, save_config
+from apps.common.io import atomic_write_json
+from apps.common.model_io import load_keras_model
+from apps.medical_cnn import data as data_lib
+from apps.medical_cnn import metrics as metrics_lib
+from apps.medical_cnn import plots
+from apps.medical_cnn.artifacts import THRESHOLD_FILE
+from apps.medical_cnn.config import MedicalCNNConfig
+from apps.medical_cnn.model import build_model, compile_model
+
+MONITOR = "val_auc"
+
+
+def resolve_config(cfg: MedicalCNNConfig, data: data_lib.ImageData) -> MedicalCNNConfig:
+    """Fills the data-derived fields: input shape, classes, class weights, pixel statistics."""
+    train = data["train"]
+    mean, variance = data_lib.pixel_statistics(train.images)
+    return dataclasses.replace(
+        cfg,
+        input_shape=tuple(int(d) for d in train.images.shape[1:]),
+        num_classes=int(data.num_classes),
+        class_names=tuple(data.class_names),
+        class_weights=data_lib.balanced_class_weights(train.labels, data.num_classes),
+        pixel_mean=mean,
+        pixel_variance=variance,
+    )
+
+
+def cosine_schedule(cfg: MedicalCNNConfig):
+    """Per-epoch learning rate: cosine decay from `learning_rate` to 5% of it."""
+    base, total = cfg.learning_rate, max(cfg.epochs - 1, 1)
+
+    def schedule(epoch, lr=None):
+        if cfg.lr_schedule == "constant":
+            return base
+        progress = min(epoch / total, 1.0)
+        return float(base * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))))
+
+    return schedule
+
+
+def _run_state(run_dir: Path) -> str:
+    """`fresh`, `resume` (a backup exists), `finalize` (fit ended, outputs missing) or `done`."""
+    if (run_dir / "metrics.json").is_file():
+        return "done"
+    if (run_dir / "backup").is_dir():
+        return "resume"
+    if (run_dir / "history.csv").is_file() and (run_dir / "model.keras").is_file():
+        return "finalize"
+    return "fresh"
+
+
+def _check_same_config(run_dir: Path, cfg: MedicalCNNConfig) -> None:
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        return
+    # Compare the JSON forms (tuples and lists alike).
+    old = json.loads(json.dumps(config_to_dict(load_config(MedicalCNNConfig, saved_path))))
+    new = json.loads(json.dumps(config_to_dict(cfg)))
+    changed = sorted(k for k in new if old.get(k) != new[k])
+    if changed:
+        raise ValueError(
+            f"run directory {run_dir} was started with a different config (differs in: "
+            f"{', '.join(changed)}); use the same options to resume, or another --run-dir."
+        )
+
+
+def finalize_run(run_dir: Path, cfg: MedicalCNNConfig, val: data_lib.ImageSplit) -> dict:
+    """Picks the threshold on `val`, writes threshold.json, metrics.json and plots."""
+    model = load_keras_model(run_dir / "model.keras")
+    dataset = data_lib.make_dataset(val, cfg.num_classes, cfg.batch_size)
+    probabilities = model.predict(dataset, verbose=0)
+    plots_dir = run_dir / "plots"
+    threshold = None
+    if cfg.num_classes == 2:
+        scores = probabilities.reshape(-1)
+        if len(np.unique(val.labels)) == 2:
+            threshold = metrics_lib.youden_threshold(val.labels, scores)
+            fpr, tpr, _ = metrics_lib.roc_curve(val.labels, scores)
+            report = metrics_lib.classification_report(val.labels, scores, threshold)
+            at = report["at_threshold"]
+            plots.plot_roc(
+                fpr,
+                tpr,
+                report["auc"],
+                plots_dir / "roc_val.png",
+                threshold_point=(1.0 - at["specificity"], at["sensitivity"]),
+                title="ROC (validation)",
+            )
+        else:
+            threshold = 0.5
+            report = metrics_lib.classification_report(val.labels, scores, threshold)
+        atomic_write_json(
+            run_dir / THRESHOLD_FILE,
+            {"threshold": threshold, "method": "youden_j", "split": "val"},
+        )
+        cm = report["at_threshold"]["confusion_matrix"]
+    else:
+        report = metrics_lib.classification_report(val.labels, probabilities)
+        cm = report["confusion_matrix"]
+    plots.plot_confusion_matrix(
+        cm, cfg.class_names, plots_dir / "confusion_matrix_val.png", "Confusion matrix (val)"
+    )
+    plots.plot_training_curves(run_dir / "history.csv", plots_dir / "training_curves.png")
+    return {"split": "val", "threshold": threshold, **report}
+
+
+def train(
+    cfg: MedicalCNNConfig,
+    run_dir: str | os.PathLike,
+    callbacks: list | None = None,
+    verbose: int | str = 2,
+    tensorboard: bool = True,
+    backup_freq: int | str = 50,
+) -> dict:
+    """Trains `cfg` and writes the run directory; returns the metrics written.
+
+    Args:
+        cfg: the config (a preset with overrides).
+        run_dir: the run directory; an unfinished run there is resumed.
+        callbacks: extra Keras callbacks (appended to the standard ones).
+        verbose: `model.fit` verbosity.
+        tensorboard: write TensorBoard logs (needs the `tensorboard` package).
+        backup_freq: batches between `BackupAndRestore` saves (or `"epoch"`).
+
+    Raises:
+        ValueError: the run directory holds a finished run or a different config.
+    """
+    run_dir = Path(run_dir)
+    state = _run_state(run_dir)
+    if state == "done":
+        raise ValueError(
+            f"run directory {run_dir} already holds a finished run (metrics.json); "
+            f"choose another --run-dir."
+        )
+    keras.utils.set_random_seed(cfg.seed)
+    data = data_lib.load_data(cfg.dataset, cfg.data_path, ("train", "val"), cfg.tfds_image_size)
+    data.splits["train"] = data_lib.subsample(data["train"], cfg.max_train_examples, cfg.seed)
+    cfg = resolve_config(cfg, data)
+    _check_same_config(run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.json")
+
+    start = time.perf_counter()
+    epochs_run = 0
+    if state != "finalize":
+        if state == "resume":
+            print(f"resuming the unfinished run in {run_dir}")
+        model = compile_model(build_model(cfg), cfg)
+        train_ds = data_lib.make_dataset(
+            data["train"], cfg.num_classes, cfg.batch_size, shuffle=True, seed=cfg.seed
+        )
+        val_ds = data_lib.make_dataset(data["val"], cfg.num_classes, cfg.batch_size)
+        class_weight = (
+            dict(enumerate(cfg.class_weights)) if cfg.imbalance == "class_weight" else None
+        )
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            class_weight=class_weight,
+            shuffle=False,  # the tf.data pipeline shuffles
+            callbacks=standard_callbacks(
+                run_dir,
+                MONITOR,
+                "max",
+                cfg.patience,
+                lr_schedule=cosine_schedule(cfg),
+                tensorboard=tensorboard,
+                backup_freq=backup_freq,
+            )
+            + list(callbacks or []),
+            verbose=verbose,
+        )
+        epochs_run = len(history.history.get("loss", []))
+        if not (run_dir / "model.keras").is_file():
+            raise RuntimeError(
+                f"training produced no model in {run_dir} (the loss became NaN, or "
+                f"{MONITOR} was never finite); try a lower learning rate."
+            )
+    train_seconds = time.perf_counter() - start
+    report = finalize_run(run_dir, cfg, data["val"])
+    report.update(
+        {
+            "train_seconds": round(train_seconds, 2),
+            "epochs_run_this_call": epochs_run,
+            "num_train_examples": len(data["train"]),
+            "data_source": data.source,
+        }
+    )
+    atomic_write_json(run_dir / "metrics.json", report)
+    return report

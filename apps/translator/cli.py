@@ -1,0 +1,191 @@
+"""The `translator` command: train, evaluate, translate, export.
+
+    translator train [--data PATH] [--preset default] [--epochs N] [--run-dir DIR] [--seed N]
+    translator evaluate --model RUN_DIR [--data PATH] [--split test] [--pairs FILE]
+    translator translate --model RUN_DIR_OR_EXPORT [TEXT ...]  (or stdin, or --input/--output)
+    translator translate --server http://localhost:8501 [TEXT ...]
+    translator export --model RUN_DIR [--base saved_models/translator] [--keep K]
+
+Also `python -m apps.translator ...`. Errors caused by the input (missing
+files, bad options) print `error: ...` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from apps.common.cli import CliError, add_common_train_args, run_cli
+from apps.common.io import atomic_write_text
+from apps.translator.config import PRESETS
+
+APP_NAME = "translator"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=APP_NAME, description="English -> Spanish Transformer translator."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a model into a run directory")
+    add_common_train_args(train, presets=PRESETS, default_preset="default")
+    train.add_argument(
+        "--max-train-pairs", type=_positive_int, default=None, help="use only the first N pairs"
+    )
+    train.add_argument(
+        "--time-budget-minutes", type=float, default=None, help="stop training after this long"
+    )
+
+    evaluate = sub.add_parser("evaluate", help="BLEU/chrF on a split or a pairs file")
+    evaluate.add_argument("--model", type=Path, required=True, help="run directory (or export)")
+    evaluate.add_argument("--data", type=Path, default=None, help="local corpus (zip or spa.txt)")
+    evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
+    evaluate.add_argument("--pairs", type=Path, default=None, help="English<TAB>Spanish file")
+    evaluate.add_argument("--output", type=Path, default=None, help="JSON path")
+    evaluate.add_argument("--limit", type=_positive_int, default=None, help="first N sources only")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=64)
+
+    translate = sub.add_parser("translate", help="translate sentences")
+    translate.add_argument("text", nargs="*", help="sentences (default: one per line on stdin)")
+    translate.add_argument("--model", type=Path, default=None, help="run directory or export")
+    translate.add_argument("--input", type=Path, default=None, help="file, one sentence per line")
+    translate.add_argument("--output", type=Path, default=None, help="write translations here")
+    translate.add_argument("--batch-size", type=_positive_int, default=64)
+    translate.add_argument(
+        "--attention-plot", type=Path, default=None, help="folder for cross-attention PNGs"
+    )
+    translate.add_argument(
+        "--server", default=None, help="TF Serving REST URL, e.g. http://localhost:8501"
+    )
+    translate.add_argument("--model-name", default=APP_NAME, help="model name on the server")
+    translate.add_argument("--model-version", type=int, default=None, help="version on the server")
+
+    export = sub.add_parser("export", help="write a versioned SavedModel for TF Serving")
+    export.add_argument("--model", type=Path, required=True, help="run directory")
+    export.add_argument("--base", type=Path, default=Path("saved_models") / APP_NAME)
+    export.add_argument(
+        "--keep", type=_positive_int, default=None, help="keep the K newest versions"
+    )
+    return parser
+
+
+def _train(args) -> None:
+    from apps.common.cli import default_run_dir
+    from apps.common.config import apply_overrides
+    from apps.translator.config import get_config
+    from apps.translator.train import train
+
+    config = apply_overrides(
+        get_config(args.preset),
+        epochs=args.epochs,
+        seed=args.seed,
+        max_train_pairs=args.max_train_pairs,
+        time_budget_minutes=args.time_budget_minutes,
+    )
+    run_dir = args.run_dir or default_run_dir(APP_NAME)
+    print(f"run directory: {run_dir}", file=sys.stderr)
+    metrics = train(config, data=args.data, run_dir=run_dir)
+    metrics.pop("samples", None)
+    print(json.dumps(metrics, indent=2))
+
+
+def _evaluate(args) -> None:
+    from apps.translator.evaluate import evaluate
+
+    results, path = evaluate(
+        args.model,
+        data=args.data,
+        split=args.split,
+        pairs_file=args.pairs,
+        output=args.output,
+        limit=args.limit,
+        batch_size=args.batch_size,
+    )
+    summary = {k: results[k] for k in ("num_sources", "bleu", "chrf", "bleu_single_reference")}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def _read_sentences(args) -> list[str]:
+    if args.text and args.input:
+        raise CliError("give sentences as arguments or with --input, not both")
+    if args.text:
+        return list(args.text)
+    if args.input:
+        if not args.input.is_file():
+            raise FileNotFoundError(f"input file not found: {args.input}")
+        try:
+            return args.input.read_text(encoding="utf-8-sig").splitlines()
+        except UnicodeDecodeError as e:
+            raise CliError(f"input file {args.input} is not UTF-8 text: {e}") from e
+    return sys.stdin.read().splitlines()
+
+
+def _translate(args) -> None:
+    from apps.translator.translate import input_warnings, load_translator, write_attention_plots
+
+    if (args.model is None) == (args.server is None):
+        raise CliError("pass exactly one of --model RUN_DIR_OR_EXPORT and --server URL")
+    if args.server is not None:
+        if args.attention_plot is not None:
+            raise CliError("--attention-plot needs --model RUN_DIR, not --server")
+        from apps.translator.serving import ServedTranslator
+
+        translator = ServedTranslator(args.server, args.model_name, args.model_version)
+    else:
+        translator = load_translator(args.model)
+    sentences = _read_sentences(args)
+    if args.attention_plot is not None and not hasattr(translator, "cross_attention"):
+        raise CliError(
+            "--attention-plot needs a run directory (the model's layers); an export only translates"
+        )
+    for warning in input_warnings(translator.source_stats(sentences)):
+        print(warning, file=sys.stderr)
+    translations = translator.translate(sentences, batch_size=args.batch_size)
+    text = "".join(t + "\n" for t in translations)
+    if args.output is not None:
+        atomic_write_text(args.output, text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    if args.attention_plot is not None:
+        paths = write_attention_plots(translator, sentences, args.attention_plot)
+        print(f"wrote {len(paths)} attention plot(s) to {args.attention_plot}", file=sys.stderr)
+
+
+def _export(args) -> None:
+    from apps.translator.export import export
+
+    path = export(args.model, base=args.base, keep=args.keep)
+    print(path)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    {"train": _train, "evaluate": _evaluate, "translate": _translate, "export": _export}[
+        args.command
+    ](args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the exit status."""
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The translator's typed configuration and its named presets.
+
+One flat dataclass holds everything a run needs (data, model, training); the
+resolved config is saved as `config.json` beside the model, so that `evaluate`,
+`translate` and `export` rebuild exactly the same tokenisation.
+
+Presets:
+
+- `tiny`: a few thousand weights, for tests (seconds on a CPU).
+- `default`: the best quality this project reaches on a 2-core CPU within
+  60 minutes of training (word-level, small post-norm Transformer, length
+  buckets, warm-up + cosine learning rate, label smoothing).
+- `large`: a Transformer-base-like model for a GPU.
+- `keras-io-reference`: the hyperparameters of the keras-io example
+  "English-to-Spanish translation with a sequence-to-sequence Transformer"
+  (vocabulary 15000, length 20, embedding 256, feed-forward 2048, 8 heads of
+  key_dim 256, one encoder and one decoder layer, batch 64, RMSprop, dropout
+  0.5 before the output layer, every batch padded to the full length), so
+  that speed and quality compare like with like. Unlike the example, it keeps
+  case and punctuation and masks padding in the loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from apps.common.config import get_preset
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop")
+
+
+@dataclasses.dataclass
+class TranslatorConfig:
+    """Everything that defines a translator run.
+
+    Args:
+        sequence_length: most tokens per sentence on each side. Source
+            sentences are truncated to it; targets count their end token
+            (so a translation has at most `sequence_length - 1` words), and
+            training pairs longer than that are left out.
+        source_vocab_size: English vocabulary size, reserved tokens included.
+        target_vocab_size: Spanish vocabulary size, reserved tokens included.
+        min_count: a word enters a vocabulary only if seen this often in the
+            training split.
+        max_train_pairs: use only the first N training pairs (quick runs).
+        embed_dim: model width.
+        intermediate_dim: feed-forward width.
+        num_heads: attention heads.
+        key_dim: width of each head; `None` means `embed_dim // num_heads`.
+        num_encoder_layers: Transformer encoder blocks.
+        num_decoder_layers: Transformer decoder blocks.
+        dropout: dropout inside the encoder and decoder blocks.
+        output_dropout: dropout before the output projection (keras-io uses 0.5).
+        normalize_first: pre-norm blocks if True, post-norm (Vaswani) if False.
+        batch_size: pairs per training step.
+        bucket_by_length: batch sentences of similar length together and pad
+            each batch to its bucket (much less padding); if False every batch
+            is padded to `sequence_length` (as the keras-io example does).
+        epochs: passes over the training split.
+        optimizer: one of `adam`, `adamw`, `rmsprop`.
+        learning_rate: peak learning rate.
+        warmup_steps: linear warm-up steps from 0 to `learning_rate`; 0 keeps
+            the rate constant (no schedule).
+        cosine_decay: after warm-up, decay along a cosine to
+            `final_learning_rate_fraction * learning_rate` by the last step.
+        final_learning_rate_fraction: see `cosine_decay`.
+        weight_decay: decoupled weight decay (only for `adamw`).
+        label_smoothing: label smoothing of the token cross-entropy.
+        clipnorm: gradient clipping by global norm; `None` disables it.
+        patience: epochs without `val_loss` improvement before stopping.
+        time_budget_minutes: stop training (after the current batch, then
+            validate and keep the best model) once this much time has passed.
+        eval_sentences: validation sources decoded after training for the
+            BLEU/chrF in `metrics.json` (0 skips it).
+        seed: seeds weights, shuffling and dropout.
+    """
+
+    # Data and tokenisation.
+    sequence_length: int = 24
+    source_vocab_size: int = 12000
+    target_vocab_size: int = 16000
+    min_count: int = 1
+    max_train_pairs: int | None = None
+    # Model.
+    embed_dim: int = 256
+    intermediate_dim: int = 1024
+    num_heads: int = 4
+    key_dim: int | None = None
+    num_encoder_layers: int = 2
+    num_decoder_layers: int = 2
+    dropout: float = 0.1
+    output_dropout: float = 0.0
+    normalize_first: bool = False
+    # Training.
+    batch_size: int = 64
+    bucket_by_length: bool = True
+    epochs: int = 6
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    warmup_steps: int = 1000
+    cosine_decay: bool = True
+    final_learning_rate_fraction: float = 0.05
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clipnorm: float | None = 1.0
+    patience: int = 3
+    time_budget_minutes: float | None = None
+    eval_sentences: int = 1000
+    seed: int = 1234
+
+    def __post_init__(self):
+        positive = (
+            "sequence_length",
+            "source_vocab_size",
+            "target_vocab_size",
+            "min_count",
+            "embed_dim",
+            "intermediate_dim",
+            "num_heads",
+            "num_encoder_layers",
+            "num_decoder_layers",
+            "batch_size",
+            "epochs",
+            "patience",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+        if self.sequence_length < 2:
+            raise ValueError(
+                "sequence_length must be at least 2 (one word and the end token). "
+                f"Received: sequence_length={self.sequence_length}"
+            )
+        for name in ("source_vocab_size", "target_vocab_size"):
+            if getattr(self, name) < 5:
+                raise ValueError(
+                    f"{name} must leave room for the 4 reserved tokens and one word. "
+                    f"Received: {name}={getattr(self, name)}"
+                )
+        for name in ("max_train_pairs", "key_dim"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"{name} must be None or a positive integer. Received: {name}={value!r}"
+                )
+        if self.key_dim is None and self.embed_dim % self.num_heads:
+            raise ValueError(
+                "embed_dim must be divisible by num_heads when key_dim is None. "
+                f"Received: embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+            )
+        for name in (
+            "dropout",
+            "output_dropout",
+            "label_smoothing",
+            "final_learning_rate_fraction",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer must be one of {', '.join(OPTIMIZERS)}. Received: optimizer={self.optimizer!r}"
+            )
+        if self.learning_rate <= 0:
+            raise ValueError(
+                f"learning_rate must be positive. Received: learning_rate={self.learning_rate}"
+            )
+        for name in ("warmup_steps", "eval_sentences"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(
+                    f"{name} must be a non-negative integer. Received: {name}={value!r}"
+                )
+        if self.weight_decay < 0:
+            raise ValueError(
+                f"weight_decay must be >= 0. Received: weight_decay={self.weight_decay}"
+            )
+        if self.clipnorm is not None and self.clipnorm <= 0:
+            raise ValueError(
+                f"clipnorm must be None or positive. Received: clipnorm={self.clipnorm}"
+            )
+        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+            raise ValueError(
+                "time_budget_minutes must be None or positive. "
+                f"Received: time_budget_minutes={self.time_budget_minutes}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        """The width of one attention head."""
+        return self.key_dim if self.key_dim is not None else self.embed_dim // self.num_heads
+
+
+def tiny() -> TranslatorConfig:
+    """A model small enough to train in seconds, for tests."""
+    return TranslatorConfig(
+        sequence_length=10,
+        source_vocab_size=300,
+        target_vocab_size=300,
+        embed_dim=32,
+        intermediate_dim=64,
+        num_heads=2,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        dropout=0.0,
+        batch_size=32,
+        epochs=2,
+        learning_rate=3e-3,
+        warmup_steps=20,
+        label_smoothing=0.0,
+        patience=2,
+        eval_sentences=50,
+    )
+
+
+def default() -> TranslatorConfig:
+    """The best quality this project reaches with <= 60 minutes on a 2-core CPU."""
+    return TranslatorConfig(time_budget_minutes=58.0)
+
+
+def large() -> TranslatorConfig:
+    """A Transformer-base-sized model (Vaswani et al. 2017) for a GPU."""
+    return TranslatorConfig(
+        source_vocab_size=16000,
+        target_vocab_size=30000,
+        embed_dim=512,
+        intermediate_dim=2048,
+        num_heads=8,
+        num_encoder_layers=6,
+        num_decoder_layers=6,
+        dropout=0.1,
+        batch_size=256,
+        epochs=40,
+        learning_rate=7e-4,
+        warmup_steps=4000,
+        patience=5,
+        eval_sentences=2000,
+    )
+
+
+def keras_io_reference() -> TranslatorConfig:
+    """The keras-io English-to-Spanish Transformer example's hyperparameters."""
+    return TranslatorConfig(
+        sequence_length=20,
+        source_vocab_size=15000,
+        target_vocab_size=15000,
+        embed_dim=256,
+        intermediate_dim=2048,
+        num_heads=8,
+        key_dim=256,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        dropout=0.0,
+        output_dropout=0.5,
+        batch_size=64,
+        bucket_by_length=False,
+        epochs=30,
+        optimizer="rmsprop",
+        learning_rate=1e-3,
+        warmup_steps=0,
+        cosine_decay=False,
+        label_smoothing=0.0,
+        clipnorm=None,
+        patience=3,
+    )
+
+
+PRESETS = {
+    "tiny": tiny,
+    "default": default,
+    "large": large,
+    "keras-io-reference": keras_io_reference,
+}
+
+
+def get_config(name: str) -> TranslatorConfig:
+    """Returns a fresh config of the preset called `name` (ValueError lists the known ones)."""
+    return get_preset(PRESETS, name)

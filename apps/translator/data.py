@@ -1,0 +1,248 @@
+"""English-Spanish sentence pairs: reading, a stable split, references and tf.data pipelines.
+
+The corpus is the Tatoeba/Anki `spa-eng` archive (one `English<TAB>Spanish`
+pair per line, an English sentence often on several lines with different
+translations). `load_pairs` reads the zip or a `spa.txt`-style file (online:
+the official download, checksum verified); `split_pairs` assigns every pair to
+`train`, `val` or `test` by a SHA-256 hash of its English sentence, so the
+split is the same on every machine and in every version, and all translations
+of one sentence land in the same split (no test sentence is seen in training).
+`make_dataset` turns pairs into batches for `model.fit`:
+`({"source_tokens", "decoder_tokens"}, labels)` where the decoder input is the
+target prefixed with `[START]` and the labels are the target followed by
+`[END]` (teacher forcing, shift by one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import zipfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from apps.common.data import fetch_file
+from apps.translator.vectorization import END_ID, PAD_ID, START_ID, Vocabulary
+
+SPA_ENG_URL = "http://storage.googleapis.com/download.tensorflow.org/data/spa-eng.zip"
+SPA_ENG_SHA256 = "f80e581ae291aa34dd3aba7bd98b5e9505234da4318e2f3295df70a1520c7f61"
+SPLITS = ("train", "val", "test")
+# Hash buckets out of 1000: [0, 900) train, [900, 950) val, [950, 1000) test.
+_SPLIT_BOUNDS = (900, 950)
+
+
+class Pair(NamedTuple):
+    english: str
+    spanish: str
+
+
+class Splits(NamedTuple):
+    train: list[Pair]
+    val: list[Pair]
+    test: list[Pair]
+
+
+def resolve_data_path(data: str | os.PathLike | None = None) -> Path:
+    """The local corpus file: `data` if given (must exist), else the verified download."""
+    return fetch_file(SPA_ENG_URL, SPA_ENG_SHA256, "spa-eng.zip", local_path=data)
+
+
+def _read_text(path: Path) -> tuple[str, str]:
+    """Returns (text, name for messages) of a `.txt` file or the pairs file inside a zip."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            candidates = [
+                n
+                for n in zf.namelist()
+                if n.endswith(".txt") and not Path(n).name.startswith(("_", "."))
+            ]
+            if len(candidates) != 1:
+                raise ValueError(
+                    f"{path}: expected exactly one pairs file (*.txt, e.g. spa-eng/spa.txt) in "
+                    f"the zip. Found: {candidates or 'none'}"
+                )
+            raw, name = zf.read(candidates[0]), f"{path}:{candidates[0]}"
+    else:
+        raw, name = path.read_bytes(), str(path)
+    try:
+        return raw.decode("utf-8-sig"), name
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name} is not UTF-8 text: {e}") from e
+
+
+def parse_pairs(text: str, name: str = "<text>") -> list[Pair]:
+    """Parses `English<TAB>Spanish[<TAB>anything]` lines; blank lines are skipped.
+
+    Raises:
+        ValueError: a line without a tab or with an empty side (file and line named).
+    """
+    pairs = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        english, spanish = (fields[0].strip(), fields[1].strip()) if len(fields) > 1 else ("", "")
+        if not english or not spanish:
+            raise ValueError(
+                f"{name}, line {number}: expected 'English<TAB>Spanish'. Received: {line[:80]!r}"
+            )
+        pairs.append(Pair(english, spanish))
+    if not pairs:
+        raise ValueError(f"{name} holds no sentence pairs.")
+    return pairs
+
+
+def read_pairs(path: str | os.PathLike) -> list[Pair]:
+    """Reads all pairs of a local zip (holding one `*.txt`) or tab-separated text file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file not found: {path}")
+    return parse_pairs(*_read_text(path))
+
+
+def load_pairs(data: str | os.PathLike | None = None) -> list[Pair]:
+    """Reads all pairs from `data` (zip or text file), or from the official download."""
+    return read_pairs(resolve_data_path(data))
+
+
+def split_key(english: str) -> str:
+    """The grouping key of a sentence: case-folded with whitespace collapsed.
+
+    Grouping on it (rather than the exact string) also keeps near-duplicates
+    such as `"Go."` / `"go."` together, so neither leaks into another split.
+    """
+    return " ".join(english.split()).casefold()
+
+
+def split_of(english: str) -> str:
+    """The split (`train`, `val` or `test`) of an English sentence, by a stable hash.
+
+    SHA-256 of the UTF-8 grouping key, never Python's `hash()` (salted per process).
+    """
+    digest = hashlib.sha256(split_key(english).encode("utf-8")).digest()
+    bucket = int.from_bytes(digest[:8], "big") % 1000
+    if bucket < _SPLIT_BOUNDS[0]:
+        return "train"
+    return "val" if bucket < _SPLIT_BOUNDS[1] else "test"
+
+
+def split_pairs(pairs: Iterable[Pair]) -> Splits:
+    """Splits pairs about 90/5/5, grouped by English sentence; order is kept within splits."""
+    out = {name: [] for name in SPLITS}
+    for pair in pairs:
+        out[split_of(pair.english)].append(pair)
+    return Splits(**out)
+
+
+def load_splits(data: str | os.PathLike | None = None) -> Splits:
+    """`split_pairs(load_pairs(data))`."""
+    return split_pairs(load_pairs(data))
+
+
+def group_references(pairs: Iterable[Pair]) -> list[tuple[str, list[str]]]:
+    """Groups pairs by exact English sentence: `[(english, [spanish, ...]), ...]`.
+
+    Sources keep the order of their first appearance, references their file order.
+    """
+    grouped: dict[str, list[str]] = {}
+    for english, spanish in pairs:
+        grouped.setdefault(english, []).append(spanish)
+    return list(grouped.items())
+
+
+def encode_pairs(
+    pairs: Sequence[Pair],
+    source_vocab: Vocabulary,
+    target_vocab: Vocabulary,
+    sequence_length: int,
+) -> tuple[tf.RaggedTensor, tf.RaggedTensor, tf.RaggedTensor]:
+    """Token ids of the pairs that fit `sequence_length`: (source, decoder input, labels).
+
+    The decoder input is `[START] + target` and the labels `target + [END]`;
+    pairs whose source has more than `sequence_length` tokens, or whose target
+    with its end token has more, are left out (a truncated target would teach
+    the model to stop mid-sentence).
+    """
+    if not pairs:
+        raise ValueError("No sentence pairs to encode.")
+    english = tf.constant([p.english for p in pairs])
+    spanish = tf.constant([p.spanish for p in pairs])
+    source = source_vocab.encode(english)
+    target = target_vocab.encode(spanish)
+    keep = (source.row_lengths() <= sequence_length) & (target.row_lengths() + 1 <= sequence_length)
+    keep &= source.row_lengths() > 0
+    index = tf.where(keep)[:, 0]
+    source, target = tf.gather(source, index), tf.gather(target, index)
+    n = tf.shape(index)[0]
+    decoder_input = tf.concat([tf.fill([n, 1], START_ID), target], axis=1)
+    labels = tf.concat([target, tf.fill([n, 1], END_ID)], axis=1)
+    return source, decoder_input, labels
+
+
+def bucket_boundaries(sequence_length: int) -> list[int]:
+    """Length-bucket upper bounds (exclusive) for `make_dataset`; the last is `sequence_length + 1`."""
+    bounds = [b for b in (5, 7, 9, 11, 14, 18, 24, 32, 48, 64) if b <= sequence_length]
+    return bounds + [sequence_length + 1]
+
+
+def make_dataset(
+    pairs: Sequence[Pair],
+    source_vocab: Vocabulary,
+    target_vocab: Vocabulary,
+    sequence_length: int,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int | None = None,
+    bucket_by_length: bool = True,
+) -> tuple[tf.data.Dataset, int]:
+    """A `tf.data.Dataset` for `model.fit` and the number of batches it yields per pass.
+
+    Elements are `({"source_tokens": (B, T), "decoder_tokens": (B, T)}, labels (B, T))`,
+    int32, padded with `PAD_ID`. With `bucket_by_length`, each batch holds
+    sentences of similar length and is padded to its bucket's bound (few
+    distinct shapes, little padding); otherwise every batch is padded to
+    `sequence_length`.
+    """
+    if batch_size < 1:
+        raise ValueError(
+            f"batch_size must be a positive integer. Received: batch_size={batch_size}"
+        )
+    source, decoder_input, labels = encode_pairs(pairs, source_vocab, target_vocab, sequence_length)
+    n = int(source.nrows())
+    if n == 0:
+        raise ValueError(f"None of the {len(pairs)} pairs fits sequence_length={sequence_length}.")
+    ds = tf.data.Dataset.from_tensor_slices((source, decoder_input, labels))
+    # Rows of a ragged tensor arrive as 1-D ragged specs; padded batching wants tensors.
+    ds = ds.map(lambda *row: tuple(tf.reshape(x, [-1]) for x in row))
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if bucket_by_length:
+        bounds = bucket_boundaries(sequence_length)
+        lengths = np.maximum(source.row_lengths().numpy(), labels.row_lengths().numpy())
+        counts = np.bincount(np.searchsorted(bounds, lengths, side="right"), minlength=len(bounds))
+        num_batches = int(sum(math.ceil(c / batch_size) for c in counts))
+        ds = ds.bucket_by_sequence_length(
+            lambda s, d, y: tf.maximum(tf.size(s), tf.size(y)),
+            bucket_boundaries=bounds,
+            bucket_batch_sizes=[batch_size] * (len(bounds) + 1),
+            padding_values=(PAD_ID, PAD_ID, PAD_ID),
+            pad_to_bucket_boundary=True,
+        )
+    else:
+        num_batches = math.ceil(n / batch_size)
+        shape = [sequence_length]
+        ds = ds.padded_batch(
+            batch_size, padded_shapes=(shape, shape, shape), padding_values=(PAD_ID,) * 3
+        )
+    ds = ds.map(
+        lambda s, d, y: ({"source_tokens": s, "decoder_tokens": d}, y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    # The count is exact, so Keras can show progress and knows where an epoch ends.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
+    return ds.prefetch(tf.data.AUTOTUNE), num_batches

@@ -1,0 +1,134 @@
+"""Evaluation: sacreBLEU and chrF against every reference of each source sentence.
+
+Scores (sacreBLEU defaults: BLEU with the `13a` tokenisation, cased; chrF2):
+
+- `bleu`, `chrf`: multi-reference, each English source once, scored against
+  all its Spanish translations in the corpus (the split keeps them together);
+- `bleu_single_reference`: each source against its first translation only
+  (in file order), for comparison with single-reference figures.
+
+The JSON also holds 20 sample translations (a fixed pseudo-random choice).
+`--pairs FILE` scores any external `English<TAB>Spanish` file the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import sacrebleu
+
+from apps.common.io import atomic_write_json
+from apps.translator.data import Pair, group_references, load_splits, read_pairs
+from apps.translator.translate import load_translator
+
+
+def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+    """Multi-reference BLEU and chrF plus single-reference BLEU (first reference).
+
+    Args:
+        hypotheses: one translation per source.
+        references: for each source, its list of reference translations (>= 1).
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(
+            f"Expected one hypothesis per source. Received: {len(hypotheses)} hypotheses "
+            f"for {len(references)} sources."
+        )
+    if not hypotheses or any(not refs for refs in references):
+        raise ValueError("Every source needs at least one reference, and there must be sources.")
+    width = max(len(refs) for refs in references)
+    # sacreBLEU takes reference *streams*; None pads sources with fewer references.
+    streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
+    bleu = sacrebleu.metrics.BLEU()
+    chrf = sacrebleu.metrics.CHRF()
+    bleu_score = bleu.corpus_score(list(hypotheses), streams)
+    chrf_score = chrf.corpus_score(list(hypotheses), streams)
+    single = sacrebleu.metrics.BLEU().corpus_score(list(hypotheses), [streams[0]])
+    return {
+        "bleu": round(bleu_score.score, 2),
+        "chrf": round(chrf_score.score, 2),
+        "bleu_single_reference": round(single.score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+        "bleu_detail": str(bleu_score),
+    }
+
+
+def evaluate_pairs(
+    translator,
+    pairs: Sequence[Pair],
+    limit: int | None = None,
+    num_samples: int = 20,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict:
+    """Translates each distinct English sentence of `pairs` once and scores it.
+
+    Args:
+        translator: a `Translator` or `ExportedTranslator`.
+        pairs: sentence pairs; lines sharing an English sentence are references of one source.
+        limit: score only the first `limit` sources.
+        num_samples: sample translations to include.
+    """
+    grouped = group_references(pairs)
+    if limit is not None:
+        grouped = grouped[:limit]
+    sources = [english for english, _ in grouped]
+    references = [refs for _, refs in grouped]
+    start = time.perf_counter()
+    hypotheses = translator.translate(sources, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    result = {
+        "num_sources": len(sources),
+        "num_pairs": sum(len(r) for r in references),
+        **corpus_scores(hypotheses, references),
+        "translate_seconds": round(seconds, 2),
+        "sentences_per_second": round(len(sources) / seconds, 1) if seconds > 0 else None,
+    }
+    picks = sorted(random.Random(seed).sample(range(len(sources)), min(num_samples, len(sources))))
+    result["samples"] = [
+        {"english": sources[i], "translation": hypotheses[i], "references": references[i]}
+        for i in picks
+    ]
+    return result
+
+
+def evaluate(
+    model: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    split: str = "test",
+    pairs_file: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    limit: int | None = None,
+    batch_size: int = 64,
+) -> tuple[dict, Path]:
+    """Scores a run directory (or export) on a split of the corpus or on `pairs_file`.
+
+    Writes the JSON to `output`, by default `<run dir>/evaluation_<split or file stem>.json`
+    (for an export: the working directory's `runs/translator/`).
+
+    Returns:
+        (the results, the JSON path).
+    """
+    translator = load_translator(model)
+    if pairs_file is not None:
+        pairs = read_pairs(pairs_file)
+        name = Path(pairs_file).stem
+    else:
+        splits = load_splits(data)
+        if split not in splits._fields:
+            raise ValueError(
+                f"split must be one of {', '.join(splits._fields)}. Received: split={split!r}"
+            )
+        pairs = getattr(splits, split)
+        name = split
+    results = {"model": str(model), "data": str(pairs_file or data or "download"), "split": name}
+    results.update(evaluate_pairs(translator, pairs, limit=limit, batch_size=batch_size))
+    if output is None:
+        base = Path(model) if Path(model, "config.json").is_file() else Path("runs", "translator")
+        output = base / f"evaluation_{name}.json"
+    return results, atomic_write_json(output, results)

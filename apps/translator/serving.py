@@ -1,0 +1,65 @@
+"""Translating through a TF Serving server that serves a translator export.
+
+`ServedTranslator` has the interface of `translate.Translator` (`translate`,
+`source_stats`) and sends the sentences to the server's REST API through
+`apps.common.serving.ServingClient`, so `translator translate --server URL`
+prints exactly what local translation prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from apps.common.serving import ServingClient, ServingError
+from apps.translator.translate import clean_sentences
+
+STATS_KEYS = ("num_words", "num_unknown", "max_words")
+
+
+class ServedTranslator:
+    """English -> Spanish translation by a TF Serving model.
+
+    Args:
+        base_url: the server's REST address, e.g. `http://localhost:8501`.
+        model_name: the model's name on the server (default `translator`).
+        version: a version to address; `None` lets the server choose its latest.
+        timeout: seconds to wait for each request.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str = "translator",
+        version: int | None = None,
+        timeout: float = 60.0,
+    ):
+        self.client = ServingClient(base_url, model_name, version=version, timeout=timeout)
+
+    def _predict(self, sentences: list[str], signature_name: str | None = None) -> list:
+        try:
+            return self.client.predict(sentences, signature_name=signature_name)
+        except ServingError as e:
+            # A user-facing error (server down, model missing): no traceback.
+            raise ValueError(str(e)) from e
+
+    def translate(self, sentences: Sequence[str], batch_size: int = 64) -> list[str]:
+        sentences = clean_sentences(sentences)
+        out: list[str] = []
+        for start in range(0, len(sentences), batch_size):
+            out.extend(str(t) for t in self._predict(sentences[start : start + batch_size]))
+        return out
+
+    def source_stats(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
+        sentences = clean_sentences(sentences)
+        if not sentences:
+            return {k: np.zeros((0,), "int32") for k in STATS_KEYS}
+        rows = self._predict(sentences, signature_name="source_stats")
+        try:
+            return {k: np.asarray([row[k] for row in rows], dtype="int32") for k in STATS_KEYS}
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                f"the server's 'source_stats' answer lacks {e}; is '{self.client.model_name}' "
+                "a translator export?"
+            ) from e

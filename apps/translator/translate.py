@@ -1,0 +1,324 @@
+"""Translating text with a trained run directory or an exported SavedModel.
+
+`Translator` holds a run's model and vocabularies and translates in one
+TensorFlow graph per batch: tokenise (`split_words` + vocabulary lookup),
+cached greedy decoding (`decoding.greedy_decode`), detokenise. `export.py`
+saves exactly this graph, so a SavedModel returns the same strings;
+`ExportedTranslator` wraps such an export behind the same interface, and
+`load_translator` picks the right one for a path.
+
+Behaviour on awkward input: an empty (or blank) sentence translates to an
+empty string; a sentence longer than the model's `sequence_length` tokens is
+truncated (callers can warn, see `source_stats`); unknown words become `[UNK]`
+in the source and never appear in the output.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from apps.common.config import load_config
+from apps.common.io import atomic_write_bytes
+from apps.common.model_io import ModelLoadError, load_keras_model
+from apps.translator.config import TranslatorConfig
+from apps.translator.decoding import greedy_decode
+from apps.translator.model import TranslatorLayers
+from apps.translator.vectorization import (
+    PAD_ID,
+    START_ID,
+    UNK_ID,
+    Vocabulary,
+    pad_batch,
+    split_words,
+)
+
+CONFIG_FILE = "config.json"
+SOURCE_VOCAB_FILE = "vocab_source.txt"
+TARGET_VOCAB_FILE = "vocab_target.txt"
+MODEL_FILE = "model.keras"
+SENTENCES_SPEC = tf.TensorSpec([None], tf.string, name="sentences")
+
+
+def clean_sentences(sentences: Sequence[str]) -> list[str]:
+    """One line per sentence: whitespace runs (line breaks included) become one space."""
+    if isinstance(sentences, str):
+        raise TypeError("Expected a list of sentences, not one string. Received: a str")
+    # A sentence is one line: inner line breaks would break line-based I/O.
+    return [" ".join(str(s).split()) for s in sentences]
+
+
+class Translator:
+    """English -> Spanish translation with a model and its vocabularies, in memory.
+
+    Args:
+        model: a translator model (see `model.build_model`), trained.
+        source_vocab: English `Vocabulary`.
+        target_vocab: Spanish `Vocabulary`.
+        sequence_length: most source tokens read and output tokens written.
+
+    Example:
+
+    >>> translator = Translator.from_run_dir("runs/translator/20250101-120000")
+    >>> translator.translate(["Where is Tom?", ""])
+    ['¿Dónde está Tom?', '']
+    """
+
+    def __init__(
+        self, model, source_vocab: Vocabulary, target_vocab: Vocabulary, sequence_length: int
+    ):
+        self.model = model
+        self.layers = TranslatorLayers(model)
+        self.source_vocab = source_vocab
+        self.target_vocab = target_vocab
+        self.sequence_length = int(sequence_length)
+        if self.layers.target_vocab_size != target_vocab.size:
+            raise ValueError(
+                f"The model predicts {self.layers.target_vocab_size} target tokens but the "
+                f"target vocabulary has {target_vocab.size}; they come from different runs."
+            )
+        self._translate = tf.function(self.translate_graph, input_signature=[SENTENCES_SPEC])
+        self._stats = tf.function(self.source_stats_graph, input_signature=[SENTENCES_SPEC])
+        self._token_ids = tf.function(self._token_ids_graph, input_signature=[SENTENCES_SPEC])
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | os.PathLike) -> Translator:
+        """Loads `model.keras`, `config.json` and the vocabularies of a training run.
+
+        Raises:
+            ModelLoadError / FileNotFoundError: a file is missing or unreadable.
+        """
+        run_dir = Path(run_dir)
+        if run_dir.is_file() and run_dir.suffix == ".keras":
+            run_dir = run_dir.parent
+        if not run_dir.is_dir():
+            raise ModelLoadError(
+                f"model not found: {run_dir} (expected a run directory or an export)"
+            )
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise ModelLoadError(
+                f"{run_dir} holds no {CONFIG_FILE}: not a translator run directory or export."
+            )
+        config = load_config(TranslatorConfig, run_dir / CONFIG_FILE)
+        source_vocab = Vocabulary.load(run_dir / SOURCE_VOCAB_FILE, name="source_vocab")
+        target_vocab = Vocabulary.load(run_dir / TARGET_VOCAB_FILE, name="target_vocab")
+        model = load_keras_model(run_dir / MODEL_FILE, compile=False)
+        return cls(model, source_vocab, target_vocab, config.sequence_length)
+
+    # Graph functions (also what export.py saves).
+
+    def _source_ids(self, sentences):
+        words = split_words(sentences)
+        return words, pad_batch(self.source_vocab.lookup(words), self.sequence_length)
+
+    def _token_ids_graph(self, sentences):
+        words, source_ids = self._source_ids(sentences)
+        return source_ids, greedy_decode(self.layers, source_ids, self.sequence_length)
+
+    def translate_graph(self, sentences):
+        """Strings `(B,)` -> translations `(B,)`, all in TensorFlow ops."""
+        words, source_ids = self._source_ids(sentences)
+        output_ids = greedy_decode(self.layers, source_ids, self.sequence_length)
+        text = self.target_vocab.decode(output_ids)
+        return tf.where(words.row_lengths() > 0, text, tf.constant(""))
+
+    def source_stats_graph(self, sentences):
+        """Per sentence: tokens found, tokens unknown to the vocabulary, and the model's limit."""
+        words = split_words(sentences)
+        ids = self.source_vocab.lookup(words)
+        num_words = tf.cast(words.row_lengths(), tf.int32)
+        return {
+            "num_words": num_words,
+            "num_unknown": tf.reduce_sum(tf.cast(ids == UNK_ID, tf.int32), axis=1),
+            "max_words": tf.fill(tf.shape(num_words), self.sequence_length),
+        }
+
+    # Python API.
+
+    def translate(self, sentences: Sequence[str], batch_size: int = 64) -> list[str]:
+        """Translates a list of sentences (batched); returns one string per sentence."""
+        sentences = clean_sentences(sentences)
+        out = []
+        for start in range(0, len(sentences), batch_size):
+            batch = tf.constant(sentences[start : start + batch_size], dtype=tf.string)
+            out.extend(t.decode("utf-8") for t in self._translate(batch).numpy())
+        return out
+
+    def source_stats(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
+        """`num_words`, `num_unknown` and `max_words` per sentence (NumPy int arrays)."""
+        sentences = clean_sentences(sentences)
+        if not sentences:
+            return {k: np.zeros((0,), "int32") for k in ("num_words", "num_unknown", "max_words")}
+        stats = self._stats(tf.constant(sentences, dtype=tf.string))
+        return {k: v.numpy() for k, v in stats.items()}
+
+    def translate_ids(self, sentences: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(source ids `(B, L)`, output ids `(B, L)`) of a batch, for inspection."""
+        source_ids, output_ids = self._token_ids(
+            tf.constant(clean_sentences(sentences), dtype=tf.string)
+        )
+        return source_ids.numpy(), output_ids.numpy()
+
+    def cross_attention(self, sentence: str) -> tuple[list[str], list[str], np.ndarray]:
+        """The last decoder block's cross-attention for one translated sentence.
+
+        Returns:
+            `(source_tokens, output_tokens, weights)` where `weights` has shape
+            `(len(output_tokens), len(source_tokens))`, averaged over heads;
+            output tokens end with `[END]` when the model produced it.
+        """
+        source_ids, output_ids = self.translate_ids([sentence])
+        source_len = int((source_ids[0] != PAD_ID).sum())
+        out = output_ids[0]
+        out_len = int((out != PAD_ID).sum())
+        if source_len == 0 or out_len == 0:
+            return [], [], np.zeros((0, 0), "float32")
+        decoder_input = np.concatenate([[START_ID], out[: out_len - 1]])[None].astype("int32")
+        encoded, source_mask = self.layers.encode(source_ids[:, :source_len])
+        _, scores = self.layers.decode(
+            decoder_input, encoded, source_mask, return_attention_scores=True
+        )
+        weights = np.asarray(scores)[0].mean(axis=0)  # (T, S)
+        source_words = [w.decode("utf-8") for w in split_words(sentence).numpy()][:source_len]
+        output_words = [self.target_vocab.tokens[i] for i in out[:out_len]]
+        return source_words, output_words, weights
+
+
+class ExportedTranslator:
+    """The same interface over an exported SavedModel (see `export.py`).
+
+    Args:
+        path: a SavedModel folder (`.../<version>/`), or a base folder holding
+            integer versions, in which case the highest is used.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        from apps.common.export import latest_version_path
+
+        path = Path(path)
+        if not (path / "saved_model.pb").is_file():
+            path = latest_version_path(path)
+        self.path = path
+        try:
+            self._loaded = tf.saved_model.load(str(path))
+        except Exception as e:  # A corrupt SavedModel raises assorted TF errors.
+            raise ModelLoadError(
+                f"could not load SavedModel {path}: {type(e).__name__}: {e}"
+            ) from e
+        signatures = self._loaded.signatures
+        for name in ("serving_default", "source_stats"):
+            if name not in signatures:
+                raise ModelLoadError(
+                    f"SavedModel {path} has no '{name}' signature: not a translator export."
+                )
+        self._serve = signatures["serving_default"]
+        self._stats = signatures["source_stats"]
+
+    def translate(self, sentences: Sequence[str], batch_size: int = 64) -> list[str]:
+        sentences = clean_sentences(sentences)
+        out = []
+        for start in range(0, len(sentences), batch_size):
+            batch = tf.constant(sentences[start : start + batch_size], dtype=tf.string)
+            result = self._serve(sentences=batch)["translations"].numpy()
+            out.extend(t.decode("utf-8") for t in result)
+        return out
+
+    def source_stats(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
+        sentences = clean_sentences(sentences)
+        if not sentences:
+            return {k: np.zeros((0,), "int32") for k in ("num_words", "num_unknown", "max_words")}
+        stats = self._stats(sentences=tf.constant(sentences, dtype=tf.string))
+        return {k: v.numpy() for k, v in stats.items()}
+
+
+def is_saved_model_path(path: str | os.PathLike) -> bool:
+    """True for a SavedModel folder or a base folder of integer SavedModel versions."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return True
+    return path.is_dir() and any(
+        p.name.isdigit() and (p / "saved_model.pb").is_file() for p in path.iterdir()
+    )
+
+
+def load_translator(path: str | os.PathLike) -> Translator | ExportedTranslator:
+    """A `Translator` for a run directory, an `ExportedTranslator` for an export."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model not found: {path} (expected a run directory or an export)")
+    if is_saved_model_path(path):
+        return ExportedTranslator(path)
+    return Translator.from_run_dir(path)
+
+
+def input_warnings(stats: dict[str, np.ndarray], first_line: int = 1) -> list[str]:
+    """Warnings for truncated and mostly-unknown sentences, one string each."""
+    warnings = []
+    for i, (n, unknown, limit) in enumerate(
+        zip(stats["num_words"], stats["num_unknown"], stats["max_words"], strict=True)
+    ):
+        line = first_line + i
+        if n > limit:
+            warnings.append(
+                f"warning: line {line} has {n} tokens, more than the model's limit of {limit}; "
+                f"only the first {limit} are translated."
+            )
+        if n > 0 and unknown * 2 > n:
+            warnings.append(
+                f"warning: line {line}: {unknown} of {n} tokens are not in the English "
+                "vocabulary; is it English? The translation will be poor."
+            )
+    return warnings
+
+
+def plot_cross_attention(
+    source_words: Sequence[str], output_words: Sequence[str], weights: np.ndarray, path
+) -> Path:
+    """Writes a heatmap PNG (output tokens as rows, source tokens as columns) atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = max(4.0, 0.55 * len(source_words) + 2.0)
+    height = max(3.0, 0.4 * len(output_words) + 1.5)
+    fig, ax = plt.subplots(figsize=(width, height))
+    try:
+        image = ax.imshow(weights, cmap="viridis", vmin=0.0, aspect="auto")
+        ax.set_xticks(range(len(source_words)), labels=source_words, rotation=60, ha="right")
+        ax.set_yticks(range(len(output_words)), labels=output_words)
+        ax.set_xlabel("source (English)")
+        ax.set_ylabel("output (Spanish)")
+        ax.set_title("cross-attention, last decoder block (mean over heads)")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_attention_plots(translator: Translator, sentences: Sequence[str], out_dir) -> list[Path]:
+    """One PNG per non-empty sentence, `out_dir/line_<n>.png` (1-based line numbers)."""
+    if not isinstance(translator, Translator):
+        raise ValueError(
+            "--attention-plot needs a run directory (the model's layers); an exported "
+            "SavedModel only translates."
+        )
+    paths = []
+    for i, sentence in enumerate(sentences, start=1):
+        source_words, output_words, weights = translator.cross_attention(sentence)
+        if not source_words:
+            continue
+        paths.append(
+            plot_cross_attention(
+                source_words, output_words, weights, Path(out_dir) / f"line_{i:04d}.png"
+            )
+        )
+    return paths

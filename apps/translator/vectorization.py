@@ -1,0 +1,237 @@
+"""Word-level tokenisation that keeps case, accents and punctuation, in TensorFlow ops.
+
+Why words and not subwords: the Tatoeba sentences are short and everyday
+(15.5k English and 29k Spanish word types), so a 12k/16k-word vocabulary covers
+over 98% of the running words; the tokenizer then needs nothing but
+`tf.strings` regular expressions and a hash table, which run unchanged in
+`tf.data` and inside the exported SavedModel (no `tensorflow-text` ops that TF
+Serving would need to load). The cost is that rare words become `[UNK]`.
+
+Splitting rules (`split_words`): punctuation marks `¿ ¡ ? ! . , ; : " « » ( ) [ ] { } …`
+become tokens of their own, except `.` between two letters or digits
+(`p.m.` -> `p.m` `.`, `3.5`) and `,` or `:` between two digits (`1,000`,
+`10:30`); apostrophes and hyphens stay inside words
+(`don't`, `Tom's`, `bien-estar`); case and accents are kept. `join_words`
+undoes it the way Spanish is written: no space before closing marks, none
+after `¿ ¡ ( [ { «`, straight double quotes hug the words they enclose:
+`¿ Por qué no cogemos un taxi ?` -> `¿Por qué no cogemos un taxi?`.
+
+Every vocabulary starts with the same four reserved tokens, so the ids below
+hold for source and target alike.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import tensorflow as tf
+
+from apps.common.io import atomic_write_text
+
+PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
+RESERVED_TOKENS = (PAD, UNK, START, END)
+PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
+
+# RE2 character classes (tf.strings.regex_replace uses RE2, UTF-8 aware).
+_PUNCTUATION = r'[¿¡?!.,;:"«»()\[\]{}…]'
+_CLOSING = r"[?!.,;:)\]}»…]"
+_OPENING = r"[¿¡(\[{«]"
+# Marks inside a word or number are protected from splitting by swapping in
+# private-use characters: "p.m.", "U.S.", "3.5", "1,000", "10:30".
+_PROTECTED = (
+    (r"([\pL\d])\.([\pL\d])", ".", "\ue000"),
+    (r"(\d),(\d)", ",", "\ue001"),
+    (r"(\d):(\d)", ":", "\ue002"),
+)
+
+
+def split_words(text) -> tf.Tensor | tf.RaggedTensor:
+    """Splits text into words and punctuation marks, keeping case and accents.
+
+    Args:
+        text: a string or a 1-D batch of strings (tensor, list or scalar).
+
+    Returns:
+        For a batch, a `tf.RaggedTensor` of shape `(batch, None)` holding the
+        tokens of each string; for a scalar, a 1-D string tensor.
+
+    Example:
+
+    >>> split_words(["¿Dónde está Tom?"]).to_list()
+    [[b'\\xc2\\xbf', b'D\\xc3\\xb3nde', b'est\\xc3\\xa1', b'Tom', b'?']]
+    """
+    text = tf.convert_to_tensor(text, dtype=tf.string)
+    # Non-breaking spaces count as spaces (tf.strings.split knows only ASCII whitespace).
+    text = tf.strings.regex_replace(text, "\u00a0", " ")
+    for pattern, _, placeholder in _PROTECTED:
+        # Twice, because matches cannot overlap: "1.2.3" needs a second pass.
+        for _ in range(2):
+            text = tf.strings.regex_replace(text, pattern, r"\1" + placeholder + r"\2")
+    text = tf.strings.regex_replace(text, "(" + _PUNCTUATION + ")", r" \1 ")
+    for _, mark, placeholder in _PROTECTED:
+        text = tf.strings.regex_replace(text, placeholder, mark)
+    return tf.strings.split(text)
+
+
+def count_words(text) -> tf.Tensor:
+    """Number of tokens `split_words` finds in each string of a 1-D batch (int64)."""
+    return split_words(text).row_lengths()
+
+
+def join_words(words: tf.RaggedTensor) -> tf.Tensor:
+    """Joins tokens into text with Spanish/English spacing around punctuation.
+
+    Args:
+        words: `tf.RaggedTensor` of strings, shape `(batch, None)`.
+
+    Returns:
+        A 1-D string tensor, one sentence per row.
+    """
+    text = tf.strings.reduce_join(words, axis=-1, separator=" ")
+    text = tf.strings.regex_replace(text, " (" + _CLOSING + ")", r"\1")
+    text = tf.strings.regex_replace(text, "(" + _OPENING + ") ", r"\1")
+    # Straight quotes: `" Hola. "` -> `"Hola."` (pairs, left to right).
+    text = tf.strings.regex_replace(text, '" ([^"]*?) "', r'"\1"')
+    return text
+
+
+class Vocabulary(tf.Module):
+    """A word <-> id mapping that runs in TensorFlow graphs (tf.data, SavedModel).
+
+    Ids are line numbers of the vocabulary file: 0 `[PAD]`, 1 `[UNK]`,
+    2 `[START]`, 3 `[END]`, then the words from most to least frequent. Words
+    not in the vocabulary map to `[UNK]`; `split_words` never produces the
+    reserved tokens (it splits off their brackets), so user text cannot
+    inject them.
+
+    Args:
+        tokens: all tokens in id order, starting with `RESERVED_TOKENS`.
+        name: module name.
+    """
+
+    def __init__(self, tokens: Sequence[str], name: str | None = None):
+        super().__init__(name=name)
+        tokens = [str(t) for t in tokens]
+        if tuple(tokens[: len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
+            raise ValueError(
+                f"A vocabulary must start with the reserved tokens {list(RESERVED_TOKENS)}. "
+                f"Received: tokens[:4]={tokens[:4]}"
+            )
+        bad = [t for t in tokens if not t or t != t.strip() or any(c.isspace() for c in t)]
+        if bad:
+            raise ValueError(
+                f"Vocabulary tokens must be non-empty words without spaces. Received: {bad[:5]}"
+            )
+        duplicates = [t for t, n in collections.Counter(tokens).items() if n > 1]
+        if duplicates:
+            raise ValueError(
+                f"Vocabulary tokens must be unique. Received duplicates: {duplicates[:5]}"
+            )
+        self.tokens = tuple(tokens)
+        self._id_to_token = tf.constant(self.tokens, dtype=tf.string)
+        self._table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                self._id_to_token, tf.range(len(self.tokens), dtype=tf.int64)
+            ),
+            default_value=UNK_ID,
+        )
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def lookup(self, words):
+        """Ids (int32) of a tensor or `RaggedTensor` of words; unknown words -> `UNK_ID`."""
+        if isinstance(words, tf.RaggedTensor):
+            return tf.ragged.map_flat_values(self.lookup, words)
+        return tf.cast(self._table.lookup(words), tf.int32)
+
+    def encode(self, text) -> tf.RaggedTensor:
+        """Token ids of each string of a 1-D batch: `RaggedTensor` `(batch, None)`, int32."""
+        return self.lookup(split_words(text))
+
+    def decode(self, ids) -> tf.Tensor:
+        """Text of each row of token ids, shape `(batch, length)`.
+
+        A row ends at its first `[END]`; `[PAD]` and `[START]` are dropped,
+        `[UNK]` is written as `[UNK]`.
+        """
+        ids = tf.convert_to_tensor(ids)
+        if isinstance(ids, tf.RaggedTensor):
+            ids = ids.to_tensor(default_value=PAD_ID)
+        ids = tf.cast(ids, tf.int32)
+        after_end = tf.cumsum(tf.cast(ids == END_ID, tf.int32), axis=-1) > 0
+        keep = ~after_end & (ids != PAD_ID) & (ids != START_ID)
+        words = tf.ragged.boolean_mask(tf.gather(self._id_to_token, ids), keep)
+        return join_words(words)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes the tokens, one per line in id order (UTF-8), atomically."""
+        return atomic_write_text(path, "\n".join(self.tokens) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, name: str | None = None) -> Vocabulary:
+        """Reads a file written by `save`.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            ValueError: the file is not a valid vocabulary (the message names it).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"vocabulary file not found: {path}")
+        try:
+            tokens = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"vocabulary file {path} is not UTF-8 text: {e}") from e
+        try:
+            return cls(tokens, name=name)
+        except ValueError as e:
+            raise ValueError(f"vocabulary file {path} is invalid: {e}") from e
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: Iterable[str],
+        max_size: int,
+        min_count: int = 1,
+        name: str | None = None,
+        batch_size: int = 8192,
+    ) -> Vocabulary:
+        """Builds a vocabulary of the most frequent words of `texts`.
+
+        Words are counted after `split_words`; ties in frequency are broken by
+        the word itself, so the result does not depend on the order of `texts`.
+
+        Args:
+            texts: the training sentences.
+            max_size: vocabulary size including the 4 reserved tokens.
+            min_count: leave out words seen fewer times.
+        """
+        if max_size <= len(RESERVED_TOKENS):
+            raise ValueError(
+                f"max_size must exceed the {len(RESERVED_TOKENS)} reserved tokens. "
+                f"Received: max_size={max_size}"
+            )
+        counts: collections.Counter[bytes] = collections.Counter()
+        texts = list(texts)
+        for start in range(0, len(texts), batch_size):
+            words = split_words(texts[start : start + batch_size]).flat_values.numpy()
+            counts.update(words.tolist())
+        ranked = sorted(
+            (w.decode("utf-8") for w, n in counts.items() if n >= min_count),
+            key=lambda w: (-counts[w.encode("utf-8")], w),
+        )
+        ranked = [w for w in ranked if w not in RESERVED_TOKENS]
+        return cls(list(RESERVED_TOKENS) + ranked[: max_size - len(RESERVED_TOKENS)], name=name)
+
+
+def pad_batch(ids: tf.RaggedTensor, length: int) -> tf.Tensor:
+    """Truncates or right-pads ragged ids to a dense `(batch, length)` tensor of `PAD_ID`."""
+    return ids[:, :length].to_tensor(default_value=PAD_ID, shape=[None, length])

@@ -1,0 +1,51 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from apps.common.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def test_write_text_creates_parents_and_replaces(tmp_path):
+    path = tmp_path / "a" / "b" / "f.txt"
+    atomic_write_text(path, "first")
+    atomic_write_text(path, "second")
+    assert path.read_text() == "second"
+    # No temporary files are left beside the destination.
+    assert os.listdir(path.parent) == ["f.txt"]
+
+
+def test_write_bytes_roundtrip(tmp_path):
+    data = bytes(range(256))
+    assert atomic_write_bytes(tmp_path / "x.bin", data).read_bytes() == data
+
+
+def test_write_json_converts_numpy_and_paths(tmp_path):
+    obj = {"auc": np.float32(0.5), "n": np.int64(3), "cm": np.eye(2, dtype=int), "p": tmp_path}
+    path = atomic_write_json(tmp_path / "m.json", obj)
+    assert json.loads(path.read_text()) == {
+        "auc": 0.5,
+        "n": 3,
+        "cm": [[1, 0], [0, 1]],
+        "p": str(tmp_path),
+    }
+
+
+def test_failed_json_write_keeps_old_file(tmp_path):
+    path = tmp_path / "m.json"
+    atomic_write_json(path, {"ok": 1})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        atomic_write_json(path, {"bad": object()})
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert sorted(os.listdir(tmp_path)) == ["m.json"]
+
+
+def test_failed_write_removes_temp_file(tmp_path):
+    class Boom(bytes):
+        pass
+
+    path = tmp_path / "f.bin"
+    with pytest.raises(TypeError):
+        atomic_write_bytes(path, "not bytes")  # write() of a str to a binary file fails
+    assert os.listdir(tmp_path) == []

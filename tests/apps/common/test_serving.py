@@ -1,0 +1,507 @@
+"""Tests for `apps.common.serving`: the REST client and the models.config generator.
+
+The client talks to `tests.serving_stub.ServingStub`, a stand-in for TF
+Serving's REST API (test code) that serves real SavedModels on 127.0.0.1.
+"""
+
+import json
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+
+from apps.common import serving
+from apps.common.export import export_versioned
+from apps.common.serving import (
+    MalformedResponseError,
+    ModelNotFoundError,
+    ServerError,
+    ServerUnreachableError,
+    ServingClient,
+    ServingError,
+    ServingTimeoutError,
+    VersionNotLoadedError,
+    decode_b64,
+    encode_b64,
+    encode_file_b64,
+    format_models_config,
+    model_base_path,
+    write_models_config,
+)
+from tests.serving_stub import ServingStub, write_toy_saved_model
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+OFFSETS = {1: 0.0, 2: 10.0}  # The toy model's `score_pixels` adds its version's offset.
+
+
+@pytest.fixture(scope="module")
+def toy_base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("serving") / "toy"
+    for offset in OFFSETS.values():
+        export_versioned(base, lambda p, o=offset: write_toy_saved_model(p, o))
+    return base
+
+
+@pytest.fixture(scope="module")
+def _latest_stub(toy_base):
+    with ServingStub({"toy": toy_base}) as stub:  # TF Serving's default: latest version only.
+        yield stub
+
+
+@pytest.fixture
+def stub(_latest_stub):
+    def reset():
+        _latest_stub.delay, _latest_stub.drop_connections = 0.0, 0
+        _latest_stub.raw_response = None
+        _latest_stub.requests.clear()
+
+    reset()
+    yield _latest_stub
+    reset()
+
+
+@pytest.fixture(scope="module")
+def all_versions_stub(toy_base):
+    with ServingStub({"toy": toy_base}, version_policy="all") as stub:
+        yield stub
+
+
+def _client(url, name="toy", **kwargs):
+    kwargs.setdefault("timeout", 30.0)
+    kwargs.setdefault("backoff", 0.01)
+    return ServingClient(url, name, **kwargs)
+
+
+def _png(value, shape):
+    return tf.io.encode_png(np.full((*shape, 1), value, np.uint8)).numpy()
+
+
+# -- status and metadata -----------------------------------------------------
+
+
+def test_status_reports_the_served_version(stub):
+    client = _client(stub.url)
+    assert client.status() == {
+        "model_version_status": [
+            {
+                "version": "2",
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+        ]
+    }
+    assert client.available_versions() == [2]
+    assert stub.requests == [("GET", "/v1/models/toy")] * 2
+
+
+def test_status_of_one_version(all_versions_stub):
+    client = _client(all_versions_stub.url, version=1)
+    assert [s["version"] for s in client.status()["model_version_status"]] == ["1"]
+    assert client.available_versions() == [1, 2]  # All versions, whatever this client addresses.
+
+
+def test_metadata_describes_the_signatures(stub):
+    metadata = _client(stub.url).metadata()
+    assert metadata["model_spec"] == {"name": "toy", "signature_name": "", "version": "2"}
+    signatures = metadata["metadata"]["signature_def"]["signature_def"]
+    default = signatures["serving_default"]
+    assert default["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert default["inputs"]["image_bytes"]["tensor_shape"] == {"dim": [{"size": "-1"}]}
+    assert {k: v["dtype"] for k, v in default["outputs"].items()} == {
+        "probability": "DT_FLOAT",
+        "label": "DT_INT64",
+        "label_name": "DT_STRING",
+    }
+    assert signatures["score_pixels"]["inputs"]["pixels"]["tensor_shape"] == {
+        "dim": [{"size": "-1"}, {"size": "4"}]
+    }
+    assert stub.requests == [("GET", "/v1/models/toy/metadata")]
+
+
+# -- predict -----------------------------------------------------------------
+
+
+def test_predict_sends_images_as_b64(stub, tmp_path):
+    bright, dark = _png(200, (5, 7)), _png(30, (12, 3))
+    (tmp_path / "dark.png").write_bytes(dark)
+    predictions = _client(stub.url).predict(
+        [encode_b64(bright), {"image_bytes": encode_file_b64(tmp_path / "dark.png")}]
+    )
+    assert [(p["label"], p["label_name"]) for p in predictions] == [(1, "bright"), (0, "dark")]
+    np.testing.assert_allclose(
+        [p["probability"] for p in predictions], [200 / 255, 30 / 255], rtol=1e-6
+    )
+    body_check = stub.requests[-1]
+    assert body_check == ("POST", "/v1/models/toy:predict")
+
+
+def test_predict_float_rows_with_signature_name(stub):
+    pixels = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    predictions = _client(stub.url).predict(pixels, signature_name="score_pixels")
+    np.testing.assert_allclose(predictions, pixels.sum(axis=1) + OFFSETS[2], rtol=1e-6)
+
+
+def test_version_routing(all_versions_stub):
+    rows = [[1.0, 2.0, 3.0, 4.0]]
+    for version in (1, 2):
+        client = _client(all_versions_stub.url, version=version)
+        assert client.predict(rows, signature_name="score_pixels") == [10.0 + OFFSETS[version]]
+    assert _client(all_versions_stub.url).predict(rows, "score_pixels") == [10.0 + OFFSETS[2]]
+    assert [path for _, path in all_versions_stub.requests[-3:]] == [
+        "/v1/models/toy/versions/1:predict",
+        "/v1/models/toy/versions/2:predict",
+        "/v1/models/toy:predict",
+    ]
+
+
+# -- errors from the server ------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["status", "metadata", "predict"])
+def test_unknown_model(stub, call):
+    client = _client(stub.url, "no_such_model")
+    with pytest.raises(ModelNotFoundError, match="model 'no_such_model' not found") as info:
+        getattr(client, call)(*([[1]] if call == "predict" else []))
+    assert stub.url in str(info.value) and info.value.status == 404
+    assert "no_such_model" in info.value.server_message
+    assert len(stub.requests) == 1  # A 404 is not retried.
+
+
+def test_version_not_loaded(stub):
+    client = _client(stub.url, version=1)  # Only the latest version, 2, is loaded.
+    with pytest.raises(VersionNotLoadedError, match=r"version 1 of model 'toy' is not loaded") as e:
+        client.predict([[0, 0, 0, 0]], signature_name="score_pixels")
+    assert e.value.available == [2] and "loaded: [2]" in str(e.value)
+    assert e.value.server_message == "Servable not found for request: Specific(toy, 1)"
+    with pytest.raises(VersionNotLoadedError, match="version 1 of model 'toy'"):
+        client.status()
+
+
+def test_version_of_unknown_model_is_model_not_found(stub):
+    with pytest.raises(ModelNotFoundError, match="model 'other' not found"):
+        _client(stub.url, "other", version=3).predict(["x"])
+
+
+def test_server_error_message_is_passed_through(stub):
+    client = _client(stub.url)
+    with pytest.raises(ServerError) as e:
+        client.predict(["x"], signature_name="nope")
+    assert e.value.status == 400
+    assert e.value.server_message == 'Serving signature name: "nope" not found in signature def'
+    assert e.value.server_message in str(e.value)
+    # A failure inside the model's graph: TensorFlow's own message comes through.
+    with pytest.raises(ServerError, match="Unknown image file format"):
+        client.predict([encode_b64(b"not an image")])
+    assert len(stub.requests) == 2  # HTTP errors are not retried.
+
+
+def test_server_error_json_with_other_status(stub):
+    stub.raw_response = (503, b'{"error": "Model is being reloaded"}')
+    with pytest.raises(ServerError, match="HTTP 503: Model is being reloaded") as e:
+        _client(stub.url).status()
+    assert (e.value.status, e.value.server_message) == (503, "Model is being reloaded")
+    assert len(stub.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [
+        (b"<html>Bad gateway</html>", "body that is not JSON: '<html>Bad gateway</html>'"),
+        (b'{"outputs": [1]}', r"has no 'predictions' list \(keys: \['outputs'\]\)"),
+        (b'{"predictions": [1, 2, 3]}', "returned 3 predictions for 1 instances"),
+        (b'{"predictions": 5}', "has no 'predictions' list"),
+    ],
+)
+def test_malformed_response(stub, body, match):
+    stub.raw_response = (200, body)
+    with pytest.raises(MalformedResponseError, match=match):
+        _client(stub.url).predict([[1, 2, 3, 4]])
+
+
+def test_malformed_status_response(stub):
+    stub.raw_response = (200, b'{"model_version_status": "nope"}')
+    with pytest.raises(MalformedResponseError, match="no valid 'model_version_status'"):
+        _client(stub.url).available_versions()
+
+
+# -- connection failures, timeouts, retries ----------------------------------------
+
+
+def test_slow_response_times_out_without_retry(stub):
+    stub.delay = 3.0
+    client = _client(stub.url, timeout=0.3, retries=3)
+    start = time.monotonic()
+    with pytest.raises(ServingTimeoutError, match=r"did not answer within 0.3 s") as e:
+        client.status()
+    assert time.monotonic() - start < 2.0
+    assert isinstance(e.value, TimeoutError) and e.value.url == f"{stub.url}/v1/models/toy"
+    assert len(stub.requests) == 1
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_refused_connection_retries_with_backoff_then_fails():
+    url = f"http://127.0.0.1:{_closed_port()}"
+    client = ServingClient(url, "toy", retries=3, backoff=0.05)
+    sleeps = []
+    client._sleep = sleeps.append
+    with pytest.raises(ServerUnreachableError) as e:
+        client.predict(["x"])
+    assert e.value.attempts == 4
+    assert sleeps == [0.05, 0.1, 0.2]  # Exponential backoff between the 4 attempts.
+    assert f"could not reach TF Serving at {url}/v1/models/toy:predict after 4 attempts" in str(
+        e.value
+    )
+    assert isinstance(e.value, ConnectionError)
+
+
+def test_dropped_connections_are_retried_until_an_answer(stub):
+    stub.drop_connections = 2
+    client = _client(stub.url, retries=3)
+    sleeps = []
+    client._sleep = sleeps.append
+    assert client.predict([[1, 1, 1, 1]], signature_name="score_pixels") == [4.0 + OFFSETS[2]]
+    assert len(stub.requests) == 3 and sleeps == [0.01, 0.02]
+
+
+def test_retries_are_bounded(stub):
+    stub.drop_connections = 10
+    client = _client(stub.url, retries=1)
+    client._sleep = lambda s: None
+    with pytest.raises(ServerUnreachableError, match="after 2 attempts") as e:
+        client.status()
+    assert e.value.attempts == 2 and len(stub.requests) == 2
+
+
+def test_environment_proxy_is_bypassed_for_a_local_server(stub, monkeypatch):
+    dead_proxy = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("http_proxy", dead_proxy)
+    monkeypatch.setenv("HTTP_PROXY", dead_proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert _client(stub.url, retries=0).available_versions() == [2]
+
+
+def test_every_error_is_a_serving_error():
+    for cls in (
+        ServerUnreachableError,
+        ServingTimeoutError,
+        ModelNotFoundError,
+        VersionNotLoadedError,
+        MalformedResponseError,
+        ServerError,
+    ):
+        assert issubclass(cls, ServingError)
+
+
+# -- arguments and encoding ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"base_url": "localhost:8501"}, "base_url must be an http"),
+        ({"model_name": "a/b"}, "Received: model_name='a/b'"),
+        ({"model_name": ""}, "Received: model_name=''"),
+        ({"version": -1}, "Received: version=-1"),
+        ({"version": "2"}, "Received: version='2'"),
+        ({"timeout": 0}, "Received: timeout=0"),
+        ({"retries": -1}, "Received: retries=-1"),
+        ({"backoff": -0.1}, "Received: backoff=-0.1"),
+    ],
+)
+def test_bad_client_arguments(kwargs, match):
+    args = {"base_url": "http://localhost:8501", "model_name": "toy", **kwargs}
+    with pytest.raises(ValueError, match=re.escape(match)):
+        ServingClient(**args)
+
+
+def test_model_url():
+    assert ServingClient("http://h:8501/", "m").model_url == "http://h:8501/v1/models/m"
+    assert ServingClient("https://h", "m", 3).model_url == "https://h/v1/models/m/versions/3"
+
+
+@pytest.mark.parametrize(
+    "instances, error, match",
+    [
+        ([], ValueError, "instances is empty"),
+        ("How are you?", ValueError, "instances must be a list"),
+        ({"a": 1}, ValueError, "instances must be a list"),
+        ([b"\x89PNG"], TypeError, "wrap binary values .* with encode_b64"),
+        ([[float("nan")]], ValueError, "a value JSON cannot carry"),
+    ],
+)
+def test_bad_instances_fail_before_any_request(stub, instances, error, match):
+    with pytest.raises(error, match=match):
+        _client(stub.url).predict(instances)
+    assert stub.requests == []
+
+
+def test_b64_round_trip():
+    data = bytes(range(256))
+    value = encode_b64(data)
+    assert set(value) == {"b64"} and decode_b64(value) == data
+    assert json.loads(json.dumps(value)) == value
+    with pytest.raises(TypeError, match="expects bytes"):
+        encode_b64("text")
+    with pytest.raises(ValueError, match="expected a"):
+        decode_b64({"data": "AA=="})
+
+
+# -- models.config ---------------------------------------------------------------
+
+EXPECTED_CONFIG = """\
+# TensorFlow Serving model config (--model_config_file). Generated by
+# `python -m apps.common.serving config`; regenerate rather than edit.
+model_config_list {
+  config {
+    name: "medical_cnn"
+    base_path: "/models/medical_cnn"
+    model_platform: "tensorflow"
+  }
+  config {
+    name: "translator"
+    base_path: "/models/translator"
+    model_platform: "tensorflow"
+    model_version_policy {
+      specific {
+        versions: 2
+        versions: 3
+      }
+    }
+  }
+}
+"""
+
+
+def _model_server_config_class():
+    """ModelServerConfig, the message TF Serving parses `--model_config_file` into.
+
+    The subset of tensorflow_serving/config/model_server_config.proto and
+    file_system_storage_path_source.proto that the generator uses, with the
+    published field names and numbers (tensorflow-serving-api is not installed).
+    """
+    f = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="model_server_config_subset.proto", package="ts")
+
+    def message(name, *fields, parent=None):
+        msg = (parent.nested_type if parent else fdp.message_type).add(name=name)
+        for fname, number, ftype, label, type_name in fields:
+            field = msg.field.add(name=fname, number=number, type=ftype, label=label)
+            if type_name:
+                field.type_name = type_name
+        return msg
+
+    opt, rep = f.LABEL_OPTIONAL, f.LABEL_REPEATED
+    policy = message(
+        "ServableVersionPolicy",
+        ("latest", 100, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy.Latest"),
+        ("all", 101, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy.All"),
+        ("specific", 102, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy.Specific"),
+    )
+    message("Latest", ("num_versions", 1, f.TYPE_UINT32, opt, None), parent=policy)
+    message("All", parent=policy)
+    message("Specific", ("versions", 1, f.TYPE_INT64, rep, None), parent=policy)
+    message(
+        "ModelConfig",
+        ("name", 1, f.TYPE_STRING, opt, None),
+        ("base_path", 2, f.TYPE_STRING, opt, None),
+        ("model_platform", 4, f.TYPE_STRING, opt, None),
+        ("model_version_policy", 7, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy"),
+    )
+    message("ModelConfigList", ("config", 1, f.TYPE_MESSAGE, rep, ".ts.ModelConfig"))
+    message(
+        "ModelServerConfig",
+        ("model_config_list", 1, f.TYPE_MESSAGE, opt, ".ts.ModelConfigList"),
+    )
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("ts.ModelServerConfig"))
+
+
+def test_models_config_text():
+    models = {name: model_base_path("/models", name) for name in serving.MODEL_NAMES}
+    assert format_models_config(models, {"translator": [3, 2]}) == EXPECTED_CONFIG
+
+
+def test_models_config_parses_as_tf_serving_model_server_config():
+    text = format_models_config(
+        {"medical_cnn": "/models/medical_cnn", "translator": 'C:\\odd "path"'},
+        {"medical_cnn": [4]},
+    )
+    config = text_format.Parse(text, _model_server_config_class()())
+    first, second = config.model_config_list.config
+    assert (first.name, first.base_path, first.model_platform) == (
+        "medical_cnn",
+        "/models/medical_cnn",
+        "tensorflow",
+    )
+    assert list(first.model_version_policy.specific.versions) == [4]
+    assert second.base_path == 'C:\\odd "path"'  # Escaped and read back intact.
+    assert not second.HasField("model_version_policy")  # TF Serving's default: latest.
+
+
+def test_committed_models_config_matches_the_generator():
+    committed = (PROJECT_ROOT / "saved_models" / "models.config").read_text()
+    models = {name: model_base_path("/models", name) for name in serving.MODEL_NAMES}
+    assert committed == format_models_config(models), (
+        "saved_models/models.config is stale: run "
+        "`python -m apps.common.serving config --base-path /models`"
+    )
+
+
+def test_model_base_path():
+    assert model_base_path("/models/", "m") == "/models/m"
+    assert model_base_path("gs://bucket/models", "m") == "gs://bucket/models/m"
+    assert model_base_path("saved_models", "m") == os.path.join(
+        os.path.abspath("saved_models"), "m"
+    )
+
+
+@pytest.mark.parametrize(
+    "models, versions, match",
+    [
+        ({}, None, "models is empty"),
+        ({"bad name": "/m"}, None, "Received: name='bad name'"),
+        ({"m": "/m"}, {"other": [1]}, r"versions given for unknown models \['other'\]"),
+        ({"m": "/m"}, {"m": ["1"]}, "must be integers"),
+    ],
+)
+def test_bad_models_config_arguments(tmp_path, models, versions, match):
+    out = tmp_path / "models.config"
+    with pytest.raises(ValueError, match=match):
+        write_models_config(out, models, versions)
+    assert not out.exists()
+
+
+def test_config_command_writes_the_file(tmp_path, capsys):
+    out = tmp_path / "sub" / "models.config"
+    argv = ["config", "--base-path", "/srv/models", "--out", str(out), "--pin", "translator=2"]
+    assert serving.main(argv) == 0
+    config = text_format.Parse(out.read_text(), _model_server_config_class()())
+    assert [(c.name, c.base_path) for c in config.model_config_list.config] == [
+        ("medical_cnn", "/srv/models/medical_cnn"),
+        ("translator", "/srv/models/translator"),
+    ]
+    assert list(config.model_config_list.config[1].model_version_policy.specific.versions) == [2]
+    assert "translator -> /srv/models/translator" in capsys.readouterr().out
+
+
+def test_config_command_reports_bad_input(tmp_path, capsys):
+    out = tmp_path / "models.config"
+    assert serving.main(["config", "--out", str(out), "--model", "bad/name"]) == 2
+    assert "error: model names may hold" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        serving.main(["config", "--pin", "translator"])
+    assert "expected NAME=VERSION" in capsys.readouterr().err

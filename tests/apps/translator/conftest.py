@@ -1,0 +1,91 @@
+"""Shared, session-scoped fixtures: the real corpus split, a trained synthetic model, a tiny run.
+
+Training happens once per session and is reused by every test that needs a
+trained model (decoding equality, export, CLI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from apps.translator.config import tiny
+from apps.translator.data import Splits, load_splits
+from apps.translator.decoding import compile_decoder
+from apps.translator.model import DECODER_INPUT, SOURCE_INPUT, TranslatorLayers, build_model
+from apps.translator.train import compile_model, train
+from apps.translator.vectorization import END_ID, START_ID
+
+REVERSE_VOCAB = 16
+REVERSE_LENGTH = 8
+
+
+def make_reverse_task(n: int, seed: int):
+    """Random id sequences (length 2-6, ids 4..15) and their reversal, as model inputs.
+
+    Returns (source, decoder_input, labels), each `(n, REVERSE_LENGTH)` int32,
+    0-padded; labels end with `END_ID`, decoder inputs start with `START_ID`.
+    """
+    rng = np.random.default_rng(seed)
+    source = np.zeros((n, REVERSE_LENGTH), "int32")
+    decoder_input = np.zeros_like(source)
+    labels = np.zeros_like(source)
+    for i, k in enumerate(rng.integers(2, 7, n)):
+        tokens = rng.integers(4, REVERSE_VOCAB, k)
+        source[i, :k] = tokens
+        decoder_input[i, 0] = START_ID
+        decoder_input[i, 1 : k + 1] = tokens[::-1]
+        labels[i, :k] = tokens[::-1]
+        labels[i, k] = END_ID
+    return source, decoder_input, labels
+
+
+@pytest.fixture(scope="session")
+def reverse_model():
+    """A `tiny`-sized model trained to reverse sequences until greedy decoding is exact.
+
+    Returns (model, held-out source, expected output ids, rounds trained).
+    """
+    keras.utils.set_random_seed(7)
+    config = dataclasses.replace(
+        tiny(),
+        sequence_length=REVERSE_LENGTH,
+        source_vocab_size=REVERSE_VOCAB,
+        target_vocab_size=REVERSE_VOCAB,
+        learning_rate=3e-3,
+        warmup_steps=50,
+        cosine_decay=False,
+    )
+    source, decoder_input, labels = make_reverse_task(4000, seed=0)
+    test_source, _, test_labels = make_reverse_task(200, seed=1)
+    model = compile_model(build_model(config), config, total_steps=1)
+    decode = compile_decoder(TranslatorLayers(model))
+    for rounds in range(1, 7):
+        model.fit(
+            {SOURCE_INPUT: source, DECODER_INPUT: decoder_input},
+            labels,
+            batch_size=64,
+            epochs=3,
+            verbose=0,
+        )
+        if np.array_equal(np.asarray(decode(test_source)), test_labels):
+            break
+    return model, test_source, test_labels, rounds
+
+
+@pytest.fixture(scope="session")
+def spa_splits(spa_eng_zip) -> Splits:
+    return load_splits(spa_eng_zip)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, spa_splits):
+    """A `tiny` model trained 3 epochs on 4000 real pairs; returns (run_dir, metrics)."""
+    run_dir = tmp_path_factory.mktemp("translator") / "run"
+    small = Splits(spa_splits.train[:4000], spa_splits.val[:400], spa_splits.test[:200])
+    config = dataclasses.replace(tiny(), epochs=3, eval_sentences=40)
+    metrics = train(config, run_dir=run_dir, splits=small, verbose=0)
+    return run_dir, metrics

@@ -1,0 +1,70 @@
+"""BLEU/chrF against all references, single-reference BLEU, and the evaluation JSON."""
+
+import json
+
+import pytest
+import sacrebleu
+
+from apps.translator.evaluate import corpus_scores, evaluate
+
+REFERENCES = [
+    ["Ve.", "Vete.", "Vaya."],
+    ["¿Dónde está Tom?"],
+    ["Tengo hambre.", "Estoy hambriento."],
+]
+
+
+def test_perfect_translations_score_100():
+    scores = corpus_scores([r[0] for r in REFERENCES], REFERENCES)
+    assert scores["bleu"] == 100.0 and scores["chrf"] == 100.0
+    assert scores["bleu_single_reference"] == 100.0
+
+
+def test_any_reference_counts_for_multi_reference_scores():
+    hypotheses = ["Vaya.", "¿Dónde está Tom?", "Estoy hambriento."]  # Not the first references.
+    scores = corpus_scores(hypotheses, REFERENCES)
+    assert scores["bleu"] == 100.0
+    assert scores["bleu_single_reference"] < 100.0
+    single = sacrebleu.corpus_bleu(hypotheses, [[r[0] for r in REFERENCES]])
+    assert scores["bleu_single_reference"] == round(single.score, 2)
+
+
+def test_scores_equal_sacrebleu_with_padded_reference_streams():
+    hypotheses = ["Ve ya.", "¿Dónde está Tom ahora?", "Tengo mucha hambre."]
+    scores = corpus_scores(hypotheses, REFERENCES)
+    streams = [
+        ["Ve.", "¿Dónde está Tom?", "Tengo hambre."],
+        ["Vete.", None, "Estoy hambriento."],
+        ["Vaya.", None, None],
+    ]
+    assert scores["bleu"] == round(sacrebleu.corpus_bleu(hypotheses, streams).score, 2)
+    assert scores["chrf"] == round(sacrebleu.corpus_chrf(hypotheses, streams).score, 2)
+    # Case counts (cased BLEU): lower-cased output scores lower.
+    lowered = corpus_scores([h.lower() for h in hypotheses], REFERENCES)
+    assert lowered["bleu"] < scores["bleu"]
+    assert "tok:13a" in scores["bleu_signature"] and "case:mixed" in scores["bleu_signature"]
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(ValueError, match="one hypothesis per source"):
+        corpus_scores(["a"], REFERENCES)
+    with pytest.raises(ValueError, match="at least one reference"):
+        corpus_scores(["a"], [[]])
+
+
+def test_evaluate_on_the_test_split_writes_json_in_the_run_dir(tiny_run, spa_eng_zip):
+    run_dir, _ = tiny_run
+    results, path = evaluate(run_dir, data=spa_eng_zip, split="test", limit=30)
+    assert path == run_dir / "evaluation_test.json"
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert saved == json.loads(json.dumps(results))
+    assert saved["num_sources"] == 30 and saved["num_pairs"] >= 30
+    assert len(saved["samples"]) == 20
+    assert all(s["references"] and isinstance(s["translation"], str) for s in saved["samples"])
+    for key in ("bleu", "chrf", "bleu_single_reference"):
+        assert 0.0 <= saved[key] <= 100.0
+
+
+def test_unknown_split_is_rejected(tiny_run, spa_eng_zip):
+    with pytest.raises(ValueError, match="split must be one of train, val, test"):
+        evaluate(tiny_run[0], data=spa_eng_zip, split="dev")
