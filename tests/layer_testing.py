@@ -121,8 +121,7 @@ def run_layer_test(
             [tuple(computed)] if not isinstance(computed[0], (tuple, list)) else list(computed)
         )
         assert [tuple(c) for c in computed] == [_shape(o) for o in flat_outputs], (
-            f"compute_output_shape gave {computed}, call gave "
-            f"{[_shape(o) for o in flat_outputs]}"
+            f"compute_output_shape gave {computed}, call gave {[_shape(o) for o in flat_outputs]}"
         )
 
     # 3. Symbolic call.
@@ -147,7 +146,7 @@ def run_layer_test(
         target = np.ones(_shape(train_model(list(inputs))), dtype="float32")
         train_model.fit(list(inputs), target, batch_size=len(inputs[0]), epochs=1, verbose=0)
         after = [ops.convert_to_numpy(w) for w in sym_layer.trainable_weights]
-        assert any(not np.allclose(b, a) for b, a in zip(before, after)), (
+        assert any(not np.allclose(b, a) for b, a in zip(before, after, strict=True)), (
             "one fit step left every trainable weight unchanged"
         )
         reference = [ops.convert_to_numpy(o) for o in _flat(model(list(inputs)))]
@@ -159,8 +158,7 @@ def run_layer_test(
         model.save(path)
         reloaded = keras.saving.load_model(path)
         again = [ops.convert_to_numpy(o) for o in _flat(reloaded(list(inputs)))]
-        for a, b in zip(reference, again):
+        for a, b in zip(reference, again, strict=True):
             np.testing.assert_allclose(a, b, atol=atol, err_msg="reloaded model differs")
 
     return outputs
-

@@ -27,7 +27,7 @@ def _every_layer_model():
     source = keras.Input((6,), dtype="int32", name="source")
     target = keras.Input((5,), dtype="int32", name="target")
     src = layers.PositionalEmbedding(6, 20, 8)(source)
-    src = src + layers.SinusoidalPositionEncoding()(src)
+    src = keras.layers.Add()([src, layers.SinusoidalPositionEncoding()(src)])
     encoded = layers.TransformerEncoder(16, num_heads=2)(src)
     tgt = layers.PositionalEmbedding(5, 20, 8)(target)
     decoded = layers.TransformerDecoder(16, num_heads=2, normalize_first=True)(tgt, encoded)

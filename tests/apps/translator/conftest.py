@@ -63,7 +63,7 @@ def reverse_model():
     test_source, _, test_labels = make_reverse_task(200, seed=1)
     model = compile_model(build_model(config), config, total_steps=1)
     decode = compile_decoder(TranslatorLayers(model))
-    for rounds in range(1, 7):
+    for rounds in range(1, 7):  # noqa: B007 (returned below)
         model.fit(
             {SOURCE_INPUT: source, DECODER_INPUT: decoder_input},
             labels,
