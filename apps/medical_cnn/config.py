@@ -87,11 +87,11 @@ class MedicalCNNConfig:
     weight_decay: float = 1e-4
     batch_norm_momentum: float = 0.99
     augment: bool = True
-    rotation: float = 0.03
-    translation: float = 0.08
-    zoom: float = 0.1
-    contrast: float = 0.2
-    brightness: float = 0.0
+    rotation: float = 0.05
+    translation: float = 0.1
+    zoom: float = 0.15
+    contrast: float = 0.3
+    brightness: float = 0.1
     # Loss and imbalance
     loss: str = "bce"
     label_smoothing: float = 0.0
@@ -104,7 +104,7 @@ class MedicalCNNConfig:
     epochs: int = 20
     learning_rate: float = 2e-3
     lr_schedule: str = "cosine"
-    patience: int = 6
+    patience: int = 10
     seed: int = 42
     # Resolved from the data by `train` (None until then).
     input_shape: tuple[int, ...] | None = None

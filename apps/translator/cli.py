@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("train", "val", "test"), default="test")
     evaluate.add_argument("--pairs", type=Path, default=None, help="English<TAB>Spanish file")
     evaluate.add_argument("--output", type=Path, default=None, help="JSON path")
-    evaluate.add_argument("--limit", type=_positive_int, default=None, help="first N sources only")
+    evaluate.add_argument(
+        "--limit", type=_positive_int, default=None, help="N evenly spaced sources only"
+    )
     evaluate.add_argument("--batch-size", type=_positive_int, default=64)
 
     translate = sub.add_parser("translate", help="translate sentences")

@@ -116,11 +116,15 @@ def reference_greedy_decode(model, source_tokens, max_length: int | None = None)
     return output
 
 
-def compile_decoder(layers: TranslatorLayers, max_length: int | None = None):
+def compile_decoder(
+    layers: TranslatorLayers, max_length: int | None = None, jit_compile: bool = False
+):
     """`greedy_decode` compiled for the current backend: `fn(source_tokens) -> ids`.
 
     TensorFlow: a `tf.function` (traced once per source length; batch size
-    may vary). JAX: `jax.jit`. Other backends: the eager function.
+    may vary), with XLA if `jit_compile` (about 2x faster at batch 1 on a CPU,
+    compiled once per input shape; the export does not use it, so that TF
+    Serving needs no XLA). JAX: `jax.jit`. Other backends: the eager function.
     """
     max_length = _check_max_length(max_length, layers)
     backend = __import__("keras").backend.backend()
@@ -131,7 +135,7 @@ def compile_decoder(layers: TranslatorLayers, max_length: int | None = None):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(decode, reduce_retracing=True)
+        return tf.function(decode, reduce_retracing=True, jit_compile=jit_compile)
     if backend == "jax":
         import jax
 

@@ -71,12 +71,14 @@ def evaluate_pairs(
     Args:
         translator: a `Translator` or `ExportedTranslator`.
         pairs: sentence pairs; lines sharing an English sentence are references of one source.
-        limit: score only the first `limit` sources.
+        limit: score only `limit` sources, evenly spaced over `pairs` (the corpus
+            is sorted by length, so the first ones would all be short).
         num_samples: sample translations to include.
     """
     grouped = group_references(pairs)
-    if limit is not None:
-        grouped = grouped[:limit]
+    if limit is not None and limit < len(grouped):
+        step = len(grouped) / limit
+        grouped = [grouped[int(i * step)] for i in range(limit)]
     sources = [english for english, _ in grouped]
     references = [refs for _, refs in grouped]
     start = time.perf_counter()

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from apps.common.serving import ServingClient, ServingError
-from apps.translator.translate import clean_sentences
+from apps.translator.translate import clean_sentences, translate_in_batches
 
 STATS_KEYS = ("num_words", "num_unknown", "max_words")
 
@@ -45,11 +45,9 @@ class ServedTranslator:
             raise ValueError(str(e)) from e
 
     def translate(self, sentences: Sequence[str], batch_size: int = 64) -> list[str]:
-        sentences = clean_sentences(sentences)
-        out: list[str] = []
-        for start in range(0, len(sentences), batch_size):
-            out.extend(str(t) for t in self._predict(sentences[start : start + batch_size]))
-        return out
+        return translate_in_batches(
+            sentences, batch_size, lambda batch: [str(t) for t in self._predict(batch)]
+        )
 
     def source_stats(self, sentences: Sequence[str]) -> dict[str, np.ndarray]:
         sentences = clean_sentences(sentences)

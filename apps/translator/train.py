@@ -85,6 +85,7 @@ def compile_model(model: keras.Model, config: TranslatorConfig, total_steps: int
             pad_id=PAD_ID, from_logits=True, label_smoothing=config.label_smoothing
         ),
         metrics=[MaskedAccuracy(pad_id=PAD_ID, name="accuracy")],
+        jit_compile=config.jit_compile,
     )
     return model
 

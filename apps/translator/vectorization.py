@@ -232,6 +232,14 @@ class Vocabulary(tf.Module):
         return cls(list(RESERVED_TOKENS) + ranked[: max_size - len(RESERVED_TOKENS)], name=name)
 
 
-def pad_batch(ids: tf.RaggedTensor, length: int) -> tf.Tensor:
-    """Truncates or right-pads ragged ids to a dense `(batch, length)` tensor of `PAD_ID`."""
-    return ids[:, :length].to_tensor(default_value=PAD_ID, shape=[None, length])
+def pad_batch(ids: tf.RaggedTensor, max_length: int) -> tf.Tensor:
+    """Dense `(batch, width)` ids: rows truncated to `max_length`, padded with `PAD_ID`.
+
+    `width` is the longest (truncated) row of the batch, at least 1, so a
+    batch of short sentences is not padded to `max_length` (the encoder's
+    cost grows with the width) and a batch of empty sentences still has one
+    column.
+    """
+    ids = ids[:, :max_length]
+    width = tf.maximum(tf.reduce_max(ids.row_lengths()), 1)
+    return ids.to_tensor(default_value=PAD_ID, shape=tf.stack([ids.nrows(), width]))

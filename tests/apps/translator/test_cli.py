@@ -187,3 +187,21 @@ def test_python_dash_m_entry_point_reads_stdin(tiny_run, translator):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == translator.translate(["Go.", "", "Where is Tom?"])
+
+
+def test_translate_through_a_serving_server_prints_the_same(tiny_run, translator, tmp_path, capsys):
+    from apps.translator.export import export
+    from tests.serving_stub import ServingStub
+
+    base = tmp_path / "translator"
+    export(tiny_run[0], base=base)
+    sentences = ["Where is Tom?", "", LONG]
+    with ServingStub({"translator": base}) as stub:
+        status, out, err = _run(["translate", "--server", stub.url, *sentences], capsys)
+        assert status == 0, err
+        assert out.splitlines() == translator.translate(sentences)
+        assert "warning: line 3 has 46 tokens" in err
+        status, _, err = _run(
+            ["translate", "--server", stub.url, "--model-name", "nope", "Hi."], capsys
+        )
+    assert status == 2 and err.startswith("error: ") and "nope" in err

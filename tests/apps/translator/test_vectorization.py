@@ -159,13 +159,16 @@ def test_decode_stops_at_end_and_drops_pad_and_start(vocab):
 def test_encode_decode_round_trip(vocab):
     texts = ["¿Dónde está Tom?", "Tom está aquí."]
     ids = pad_batch(vocab.encode(texts), 12)
-    assert ids.shape == (2, 12)
+    assert ids.shape == (2, 5)  # Padded to the longest sentence, not to 12.
     assert [t.decode("utf-8") for t in vocab.decode(ids).numpy()] == texts
 
 
-def test_pad_batch_truncates_and_pads():
+def test_pad_batch_truncates_and_pads_to_the_longest_row():
     ragged = tf.ragged.constant([[5, 6, 7, 8], [9]])
     np.testing.assert_array_equal(pad_batch(ragged, 3).numpy(), [[5, 6, 7], [9, 0, 0]])
+    np.testing.assert_array_equal(pad_batch(ragged, 10).numpy(), [[5, 6, 7, 8], [9, 0, 0, 0]])
+    empty = tf.ragged.constant([[], []], dtype=tf.int32)
+    assert pad_batch(empty, 10).shape == (2, 1)
 
 
 def test_save_and_load_round_trip(vocab, tmp_path):

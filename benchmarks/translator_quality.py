@@ -1,0 +1,104 @@
+"""Translation quality of a preset: train it (timed), then BLEU/chrF on the test split.
+
+    python benchmarks/translator_quality.py --preset default
+    python benchmarks/translator_quality.py --model runs/translator/<run>   # score an existing run
+    python benchmarks/translator_quality.py --preset default --pairs withheld.tsv
+
+Training writes a normal run directory (default `runs/translator/quality-<preset>-<time>`),
+so the model can be exported afterwards. Scores are sacreBLEU (13a, cased) and
+chrF against all references of each test sentence, plus single-reference BLEU.
+Writes `benchmarks/results/translator_quality_<preset>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from apps.common.cli import default_run_dir  # noqa: E402
+from apps.common.config import apply_overrides, config_to_dict, load_config  # noqa: E402
+from apps.common.data import find_shared_data  # noqa: E402
+from apps.common.io import atomic_write_json  # noqa: E402
+from apps.translator.config import TranslatorConfig, get_config  # noqa: E402
+from apps.translator.data import load_splits, read_pairs  # noqa: E402
+from apps.translator.evaluate import evaluate_pairs  # noqa: E402
+from apps.translator.train import train  # noqa: E402
+from apps.translator.translate import Translator  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--model", type=Path, default=None, help="score this run, no training")
+    parser.add_argument("--run-dir", type=Path, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--time-budget-minutes", type=float, default=None)
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--pairs", type=Path, default=None, help="extra withheld pairs to score")
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    data = args.data or find_shared_data("spa-eng/spa-eng.zip")
+    splits = load_splits(data)
+    train_metrics = None
+    if args.model is None:
+        config = apply_overrides(
+            get_config(args.preset),
+            epochs=args.epochs,
+            time_budget_minutes=args.time_budget_minutes,
+        )
+        run_dir = args.run_dir or default_run_dir("translator").with_name(
+            f"quality-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        train_metrics = train(config, run_dir=run_dir, splits=splits)
+        train_metrics.pop("samples", None)
+    else:
+        run_dir = args.model
+        config = load_config(TranslatorConfig, run_dir / "config.json")
+        metrics_path = run_dir / "metrics.json"
+        if metrics_path.is_file():
+            train_metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+            train_metrics.pop("samples", None)
+
+    translator = Translator.from_run_dir(run_dir)
+    test = evaluate_pairs(translator, splits.test, num_samples=10)
+    report = {
+        "command": "python benchmarks/translator_quality.py " + " ".join(sys.argv[1:]),
+        "run_dir": str(run_dir),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "config": config_to_dict(config),
+        "training": train_metrics,
+        "test": test,
+    }
+    if args.pairs is not None:
+        report["withheld"] = evaluate_pairs(translator, read_pairs(args.pairs), num_samples=10)
+    name = args.preset if args.model is None else run_dir.name
+    output = args.output or ROOT / "benchmarks" / "results" / f"translator_quality_{name}.json"
+    atomic_write_json(output, report)
+    summary = {
+        "test_bleu": test["bleu"],
+        "test_chrf": test["chrf"],
+        "test_bleu_single_reference": test["bleu_single_reference"],
+        "train_seconds": (train_metrics or {}).get("train_seconds"),
+    }
+    if "withheld" in report:
+        summary.update(
+            withheld_bleu=report["withheld"]["bleu"], withheld_chrf=report["withheld"]["chrf"]
+        )
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
