@@ -20,6 +20,7 @@ model's next-best word).
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -127,7 +128,7 @@ def compile_decoder(
     Serving needs no XLA). JAX: `jax.jit`. Other backends: the eager function.
     """
     max_length = _check_max_length(max_length, layers)
-    backend = __import__("keras").backend.backend()
+    backend = keras.backend.backend()
 
     def decode(source_tokens):
         return greedy_decode(layers, source_tokens, max_length)

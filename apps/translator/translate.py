@@ -100,11 +100,15 @@ class Translator:
         self.source_vocab = source_vocab
         self.target_vocab = target_vocab
         self.sequence_length = int(sequence_length)
-        if self.layers.target_vocab_size != target_vocab.size:
-            raise ValueError(
-                f"The model predicts {self.layers.target_vocab_size} target tokens but the "
-                f"target vocabulary has {target_vocab.size}; they come from different runs."
-            )
+        for side, vocab, size in (
+            ("source", source_vocab, self.layers.source_embedding.vocab_size),
+            ("target", target_vocab, self.layers.target_vocab_size),
+        ):
+            if vocab.size != size:
+                raise ValueError(
+                    f"The model expects {size} {side} tokens but the {side} vocabulary has "
+                    f"{vocab.size}; the model and the vocabulary come from different runs."
+                )
         self._translate = tf.function(self.translate_graph, input_signature=[SENTENCES_SPEC])
         self._stats = tf.function(self.source_stats_graph, input_signature=[SENTENCES_SPEC])
         self._token_ids = tf.function(self._token_ids_graph, input_signature=[SENTENCES_SPEC])

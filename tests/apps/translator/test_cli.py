@@ -205,3 +205,15 @@ def test_translate_through_a_serving_server_prints_the_same(tiny_run, translator
             ["translate", "--server", stub.url, "--model-name", "nope", "Hi."], capsys
         )
     assert status == 2 and err.startswith("error: ") and "nope" in err
+
+
+def test_corrupt_model_file_is_a_clear_error(tiny_run, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run[0], broken)
+    data = (broken / "model.keras").read_bytes()
+    (broken / "model.keras").write_bytes(data[: len(data) // 2])  # Truncated.
+    status, out, err = _run(["translate", "--model", broken, "Hi."], capsys)
+    assert status == 2 and out == ""
+    assert "error: " in err and "model.keras" in err and "Traceback" not in err
