@@ -3,7 +3,9 @@
 A user who mistypes a path should see one line saying what is wrong, not a
 traceback: `run_cli` turns the errors that come from user input into
 `error: <message>` on stderr and exit status 2 (argparse's own status for bad
-usage).
+usage). TF Serving failures (`ServingError`: server unreachable, model or
+version not loaded, the server's own error) are reported the same way: they
+come from the URL and names the user gave.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from apps.common.model_io import ModelLoadError
+from apps.common.serving import ServingError  # Standard library only; no import cycle.
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -27,17 +30,25 @@ class CliError(Exception):
     """An error caused by the user's input; shown without a traceback."""
 
 
-# Errors that come from what the user passed (paths, files, values).
-USER_ERRORS = (CliError, ModelLoadError, FileNotFoundError, ValueError, ConnectionError)
+# Errors that come from what the user passed (paths, files, values, server URLs).
+USER_ERRORS = (
+    CliError,
+    ModelLoadError,
+    ServingError,
+    FileNotFoundError,
+    ValueError,
+    ConnectionError,
+)
 
 
 def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv=None) -> int:
     """Runs `main_fn(argv)` and returns its exit status.
 
-    User-input errors (`CliError`, `ModelLoadError`, `FileNotFoundError`,
-    `ValueError`, `ConnectionError`) print `error: <message>` to stderr and
-    return 2; Ctrl-C returns 130. Other exceptions (bugs) keep their traceback.
-    argparse's own `SystemExit` passes through unchanged.
+    User-input errors (`CliError`, `ModelLoadError`, `ServingError`,
+    `FileNotFoundError`, `ValueError`, `ConnectionError`) print
+    `error: <message>` to stderr and return 2; Ctrl-C returns 130. Other
+    exceptions (bugs) keep their traceback. argparse's own `SystemExit` passes
+    through unchanged.
     """
     try:
         status = main_fn(argv)

@@ -20,7 +20,7 @@ Example:
 ```python
 client = ServingClient("http://localhost:8501", "medical_cnn")
 client.predict([{"image_bytes": encode_file_b64("xray.png")}])
-# -> [{"probability": 0.93, "label": 1}]
+# -> [{"probability": 0.93, "label": 1, "class_name": "pneumonia", "threshold": 0.55}]
 ServingClient("http://localhost:8501", "translator").predict(["How are you?"])
 ```
 

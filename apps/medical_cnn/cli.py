@@ -5,12 +5,15 @@ medical-cnn train [--data PATH | --dataset tfds:NAME] [--preset default] [--epoc
                   [--run-dir DIR] [--seed N]
 medical-cnn evaluate --model RUN_DIR_OR_MODEL [--data PATH] [--split val] [--out FILE]
 medical-cnn predict --model RUN_DIR_OR_MODEL IMAGE... [--explain OUT_DIR]
+medical-cnn predict --server URL [--model-name medical_cnn] [--model-version N] IMAGE...
 medical-cnn export --model RUN_DIR_OR_MODEL [--base saved_models/medical_cnn] [--keep K]
 ```
 
 Errors in the input (missing files, malformed data, unsafe or corrupt models)
-print `error: ...` and exit with status 2; `predict` exits with 1 when some
-files could not be read (the others are still predicted).
+print `error: ...` and exit with status 2, as do TF Serving failures (server
+unreachable, model or version not loaded); `predict` exits with 1 when some
+files could not be read (the others are still predicted). `predict --server`
+prints the same lines as `predict --model`.
 """
 
 from __future__ import annotations
@@ -50,7 +53,19 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", default=None, help="JSON report path")
 
     predict = sub.add_parser("predict", help="classify image files (one JSON line each)")
-    predict.add_argument("--model", required=True, help="run directory or .keras file")
+    predict.add_argument("--model", default=None, help="run directory or .keras file")
+    predict.add_argument(
+        "--server", default=None, help="TF Serving REST URL instead, e.g. http://localhost:8501"
+    )
+    predict.add_argument(
+        "--model-name", default=None, help=f"model name on the server (default: {APP_NAME})"
+    )
+    predict.add_argument(
+        "--model-version",
+        type=_non_negative_int,
+        default=None,
+        help="version on the server (default: the latest it serves)",
+    )
     predict.add_argument("images", nargs="+", help="PNG/JPEG files")
     predict.add_argument("--explain", default=None, help="write Grad-CAM overlays to this folder")
 
@@ -101,10 +116,39 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _predict(args) -> int:
-    from apps.medical_cnn.predict import predict_files
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a version number (0, 1, 2, ...), got {text!r}")
+    return value
 
-    records = predict_files(args.model, args.images, explain_dir=args.explain)
+
+def _predict(args) -> int:
+    if args.model is not None and args.server is not None:
+        raise CliError("give either --model RUN_DIR_OR_MODEL or --server URL, not both.")
+    if args.model is None and args.server is None:
+        raise CliError(
+            "predict needs --model RUN_DIR_OR_MODEL (a local model) or --server URL (TF Serving)."
+        )
+    if args.server is not None:
+        if args.explain is not None:
+            raise CliError(
+                "--explain needs the Keras model for Grad-CAM: use --model RUN_DIR, not --server."
+            )
+        from apps.medical_cnn.serving import predict_files_served
+
+        records = predict_files_served(
+            args.server, args.images, args.model_name or APP_NAME, version=args.model_version
+        )
+    else:
+        if args.model_name is not None or args.model_version is not None:
+            raise CliError("--model-name and --model-version address a server: add --server URL.")
+        from apps.medical_cnn.predict import predict_files
+
+        records = predict_files(args.model, args.images, explain_dir=args.explain)
     failed = 0
     for record in records:
         print(json.dumps(record), flush=True)

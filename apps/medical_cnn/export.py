@@ -10,8 +10,12 @@ added for multi-class ones):
   model's input size, pixel values in 0..255.
 
 Both return `probability` (float32 `[batch]`, of the positive class, or of the
-predicted class), `label` (int64 `[batch]`, thresholded at the run's stored
-threshold) and `class_name` (string `[batch]`).
+predicted class), `label` (int64 `[batch]`) and `class_name` (string `[batch]`).
+Binary models also return `threshold` (float64 `[batch]`): the decision
+threshold read from the run's `threshold.json` at export time (0.5 when there
+is none), the one `label` is computed with (`label = probability >= threshold`).
+It is float64 so that a client prints it exactly as stored, and it travels with
+every prediction so that a served answer carries what a local one does.
 
 The version folder is written by `apps.common.export.export_versioned`: a
 temporary folder renamed to `<base>/<next integer>` only when complete.
@@ -38,14 +42,20 @@ def write_saved_model(run: LoadedRun, path: str | os.PathLike) -> None:
     model = run.model
     height, width, channels = run.input_shape
     binary = run.num_classes == 2
-    threshold = tf.constant(run.threshold, tf.float32)
+    threshold = tf.constant(run.threshold, tf.float64)
     names = tf.constant(list(run.class_names))
 
     def outputs(probabilities):
         if binary:
             p = probabilities[:, 0]
-            label = tf.cast(p >= threshold, tf.int64)
-            return {"probability": p, "label": label, "class_name": tf.gather(names, label)}
+            # Compared in float64, as `predict` compares float(p) with the stored value.
+            label = tf.cast(tf.cast(p, tf.float64) >= threshold, tf.int64)
+            return {
+                "probability": p,
+                "label": label,
+                "class_name": tf.gather(names, label),
+                "threshold": tf.fill(tf.shape(p), threshold),
+            }
         label = tf.argmax(probabilities, axis=-1)
         return {
             "probabilities": probabilities,

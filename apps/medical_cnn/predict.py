@@ -5,17 +5,73 @@ Each file is decoded and converted exactly as the exported SavedModel does it
 training aspect ratio, antialiased resize), then the model gives a probability
 and a label at the run's stored threshold. A file that cannot be read or
 decoded gets an `error` record naming it; the others are still predicted.
+
+Prediction through TF Serving (`apps.medical_cnn.serving`) reads files with the
+same `read_image_file` and builds records with the same `prediction_record`,
+so both print identical lines. This module imports Keras only when a model is
+loaded, so the served path stays light.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from apps.medical_cnn import data as data_lib
-from apps.medical_cnn.artifacts import LoadedRun, load_run
+
+if TYPE_CHECKING:
+    from apps.medical_cnn.artifacts import LoadedRun
+
+# First bytes of the encodings `tf.io.decode_image` recognises (WebP and JPEG XL
+# too, in recent TensorFlow). A file that starts otherwise is not sent anywhere.
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF8", "GIF"),
+    (b"BM", "BMP"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+)
+# Errors reading one file that leave the other files to be predicted.
+FILE_ERRORS = (FileNotFoundError, ValueError, IsADirectoryError, PermissionError)
+
+
+def image_format(data: bytes) -> str | None:
+    """The encoding of `data` by its first bytes (`"PNG"`, `"JPEG"`, ...), or `None`.
+
+    A check of the signature only: a file that passes may still be truncated.
+    """
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    for magic, name in _IMAGE_SIGNATURES:
+        if data.startswith(magic):
+            return name
+    return None
+
+
+def not_an_image(path: str | os.PathLike, reason: str) -> ValueError:
+    """The error for a file that is not a readable image (the same text everywhere)."""
+    return ValueError(f"{path} is not a readable image (PNG, JPEG, BMP or GIF expected): {reason}")
+
+
+def read_image_file(path: str | os.PathLike) -> bytes:
+    """The bytes of an image file, checked to start like an image.
+
+    Raises:
+        FileNotFoundError: the file does not exist (or is not a file).
+        ValueError: the file does not start like a PNG, JPEG, BMP or GIF.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    data = path.read_bytes()
+    if image_format(data) is None:
+        reason = "the file is empty" if not data else "its content is not in an image format"
+        raise not_an_image(path, reason)
+    return data
 
 
 def load_image_file(path: str | os.PathLike, height: int, width: int, channels: int) -> np.ndarray:
@@ -27,39 +83,49 @@ def load_image_file(path: str | os.PathLike, height: int, width: int, channels: 
     """
     import tensorflow as tf
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    encoded = path.read_bytes()
+    encoded = read_image_file(path)
     try:
         return data_lib.decode_image(tf.constant(encoded), height, width, channels).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
         # TF messages look like "{{function_node ...}} Unknown image file format. ... [Op:...]".
         reason = getattr(e, "message", str(e)).split("}}")[-1].split("[Op:")[0].strip()
-        raise ValueError(
-            f"{path} is not a readable image (PNG, JPEG, BMP or GIF expected): {reason}"
-        ) from e
+        raise not_an_image(path, reason) from e
+
+
+def prediction_record(
+    path: str | os.PathLike,
+    probability: float,
+    label: int,
+    class_name: str,
+    threshold: float | None = None,
+    probabilities=None,
+) -> dict:
+    """One output line: `{"file", ["probabilities"], "probability", "label",
+    "class_name", ["threshold"]}`, in this order, with plain Python values.
+
+    `threshold` is given for binary models, `probabilities` for multi-class ones.
+    """
+    record = {"file": str(path)}
+    if probabilities is not None:
+        record["probabilities"] = [float(v) for v in probabilities]
+    record.update(probability=float(probability), label=int(label), class_name=str(class_name))
+    if threshold is not None:
+        record["threshold"] = float(threshold)
+    return record
+
+
+def error_record(path: str | os.PathLike, error: BaseException) -> dict:
+    """The output line of a file that could not be predicted: `{"file", "error"}`."""
+    return {"file": str(path), "error": str(error)}
 
 
 def _record(run: LoadedRun, path, probs: np.ndarray) -> dict:
     if probs.shape[-1] == 1:
         p = float(probs[0])
         label = int(p >= run.threshold)
-        return {
-            "file": str(path),
-            "probability": p,
-            "label": label,
-            "class_name": run.class_names[label],
-            "threshold": run.threshold,
-        }
+        return prediction_record(path, p, label, run.class_names[label], threshold=run.threshold)
     label = int(np.argmax(probs))
-    return {
-        "file": str(path),
-        "probabilities": [float(v) for v in probs],
-        "probability": float(probs[label]),
-        "label": label,
-        "class_name": run.class_names[label],
-    }
+    return prediction_record(path, probs[label], label, run.class_names[label], probabilities=probs)
 
 
 def predict_files(
@@ -80,6 +146,8 @@ def predict_files(
         (multi-class: `probabilities` too), or `{"file", "error"}` for a file
         that could not be read.
     """
+    from apps.medical_cnn.artifacts import LoadedRun, load_run
+
     run = model if isinstance(model, LoadedRun) else load_run(model)
     height, width, channels = run.input_shape
     records: list[dict | None] = [None] * len(paths)
@@ -88,8 +156,8 @@ def predict_files(
         try:
             images.append(load_image_file(path, height, width, channels))
             positions.append(i)
-        except (FileNotFoundError, ValueError, IsADirectoryError, PermissionError) as e:
-            records[i] = {"file": str(path), "error": str(e)}
+        except FILE_ERRORS as e:
+            records[i] = error_record(path, e)
     if images:
         batch = np.stack(images)
         probabilities = np.asarray(run.model.predict(batch, verbose=0))

@@ -413,6 +413,7 @@ MEDICAL_OUTPUTS = {
     "probability": ("DT_FLOAT", "(-1)"),
     "label": ("DT_INT64", "(-1)"),
     "class_name": ("DT_STRING", "(-1)"),
+    "threshold": ("DT_DOUBLE", "(-1)"),
 }
 PREDICT = "tensorflow/serving/predict"
 SENTENCES = ["How are you?", "I like books.", "Zebras?"]

@@ -114,6 +114,9 @@ def test_export_reload_in_fresh_process_matches_keras(tiny_run, tmp_path, pneumo
     np.testing.assert_allclose(out["pixels"]["probability"], expected, atol=1e-5)
     threshold = json.loads((run_dir / "threshold.json").read_text())["threshold"]
     np.testing.assert_array_equal(out["pixels"]["label"], (expected >= threshold).astype(int))
+    # The run's threshold travels with every prediction, exactly as stored (float64).
+    assert out["pixels"]["threshold"] == [threshold] * len(pixels)
+    assert out["bytes"]["threshold"] == [threshold] * len(files)
 
     # Encoded images: the graph's decoding matches local prediction on the same files.
     local = predict_files(run_dir, files)
@@ -121,6 +124,7 @@ def test_export_reload_in_fresh_process_matches_keras(tiny_run, tmp_path, pneumo
         out["bytes"]["probability"], [r["probability"] for r in local], atol=1e-5
     )
     assert out["bytes"]["label"] == [r["label"] for r in local]
+    assert out["bytes"]["threshold"] == [r["threshold"] for r in local]
     assert out["bytes_class_name"] == [r["class_name"] for r in local]
     np.testing.assert_allclose(out["bytes"]["probability"][:3], expected[:3], atol=1e-5)
 

@@ -4,7 +4,7 @@ from PIL import Image
 
 from apps.common.model_io import load_keras_model
 from apps.medical_cnn import data as data_lib
-from apps.medical_cnn.predict import load_image_file, predict_files
+from apps.medical_cnn.predict import image_format, load_image_file, predict_files, read_image_file
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,47 @@ def test_explain_writes_overlays(tiny_run, tmp_path, val_images):
         out = tmp_path / "cams" / f"{path.stem}_gradcam.png"
         assert record["gradcam"] == str(out)
         assert Image.open(out).size == (224, 224)
+
+
+@pytest.mark.parametrize(
+    "fmt, name",
+    [("PNG", "PNG"), ("JPEG", "JPEG"), ("GIF", "GIF"), ("BMP", "BMP"), ("WEBP", "WebP")],
+)
+def test_image_format_accepts_what_tensorflow_decodes(tmp_path, val_images, fmt, name):
+    import io
+
+    import tensorflow as tf
+
+    buffer = io.BytesIO()
+    Image.fromarray(val_images[0]).save(buffer, fmt)
+    data = buffer.getvalue()
+    assert image_format(data) == name
+    assert tf.io.decode_image(data, expand_animations=False).shape[:2] == (28, 28)
+
+
+def test_read_image_file_refuses_non_images_before_decoding(tmp_path, val_images):
+    import io
+
+    import tensorflow as tf
+
+    tiff = io.BytesIO()
+    Image.fromarray(val_images[0]).save(tiff, "TIFF")  # PIL writes it, TensorFlow cannot read it.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+        tf.io.decode_image(tiff.getvalue())
+    cases = {"a.tif": tiff.getvalue(), "notes.png": b"hello", "empty.jpg": b""}
+    reasons = {
+        "a.tif": "its content is not in an image format",
+        "notes.png": "its content is not in an image format",
+        "empty.jpg": "the file is empty",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        expected = (
+            f"{tmp_path / name} is not a readable image (PNG, JPEG, BMP or GIF expected): "
+            f"{reasons[name]}"
+        )
+        with pytest.raises(ValueError) as info:
+            read_image_file(tmp_path / name)
+        assert str(info.value) == expected
+    with pytest.raises(FileNotFoundError, match="image file not found: "):
+        read_image_file(tmp_path)
