@@ -66,7 +66,7 @@ def measure(preset: str, splits, steps: int, warmup: int, jit_compile) -> dict:
         seed=config.seed,
         bucket_by_length=config.bucket_by_length,
     )
-    model = build_model(config)
+    model = build_model(config, source_vocab.size, target_vocab.size)
     compile_model(model, config, total_steps=steps_per_epoch * config.epochs)
     if jit_compile is not None:
         model.jit_compile = jit_compile

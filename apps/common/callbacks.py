@@ -6,7 +6,7 @@ can be inspected while training and resumed after a crash:
 - `model.keras`: the best model so far on the monitored metric, written
   atomically (a crash while saving never leaves a broken `model.keras`);
 - `history.csv`: one row per finished epoch, appended to when a run resumes;
-- `logs/`: TensorBoard logs (optional);
+- `logs/`: TensorBoard logs (optional; needs `tensorboard` and TensorFlow);
 - `backup/`: `BackupAndRestore` state, saved every `backup_freq` batches, so the
   same command run again after a crash continues from the last backup instead
   of epoch 0 (the folder is removed when training ends normally);
@@ -32,9 +32,20 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be 'min' or 'max'. Received: mode={mode!r}")
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # e.g. an import hook that refuses the module
+        return False
+
+
 def tensorboard_available() -> bool:
-    """Whether the `tensorboard` package (needed by `keras.callbacks.TensorBoard`) is installed."""
-    return importlib.util.find_spec("tensorboard") is not None
+    """Whether `keras.callbacks.TensorBoard` can write logs here.
+
+    It needs the `tensorboard` package and TensorFlow (for `tf.summary`, on
+    every Keras backend); a JAX-only machine has neither.
+    """
+    return _importable("tensorboard") and _importable("tensorflow")
 
 
 def best_logged_value(history_csv: str | os.PathLike, monitor: str, mode: str) -> float | None:
@@ -129,8 +140,8 @@ def standard_callbacks(
             `keras.callbacks.LearningRateScheduler` (epoch-indexed, so it stays
             right when a run resumes at a later epoch).
         tensorboard: also write TensorBoard logs to `run_dir/logs`. Needs the
-            `tensorboard` package; without it a warning is issued and the
-            other callbacks still run.
+            `tensorboard` package and TensorFlow; without them a warning is
+            issued and the other callbacks still run.
         backup_freq: save the `BackupAndRestore` state every this many batches
             (an int), or `"epoch"`.
 
@@ -162,10 +173,16 @@ def standard_callbacks(
     ]
     if lr_schedule is not None:
         callbacks.append(keras.callbacks.LearningRateScheduler(lr_schedule))
-    if tensorboard and not tensorboard_available():
+    if tensorboard and not _importable("tensorboard"):
         warnings.warn(
             "the 'tensorboard' package is not installed: no TensorBoard logs will be written "
             "(pip install tensorboard).",
+            stacklevel=2,
+        )
+    elif tensorboard and not _importable("tensorflow"):
+        warnings.warn(
+            "TensorBoard logs need TensorFlow, which cannot be imported here (a JAX-only "
+            "machine?): no TensorBoard logs will be written; the other callbacks run as usual.",
             stacklevel=2,
         )
     elif tensorboard:

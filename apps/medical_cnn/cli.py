@@ -45,6 +45,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--max-train-examples", type=int, default=None, help="subsample train")
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    train.add_argument(
+        "--distribute",
+        default="none",
+        choices=("none", "mirrored", "multiworker"),
+        help="several GPUs of this machine (mirrored) or a TF_CONFIG cluster (multiworker); "
+        "see docs/distributed.md",
+    )
 
     evaluate = sub.add_parser("evaluate", help="measure a model on one split")
     evaluate.add_argument("--model", required=True, help="run directory or .keras file")
@@ -98,7 +105,10 @@ def _train(args) -> int:
     )
     run_dir = args.run_dir if args.run_dir is not None else default_run_dir(APP_NAME)
     print(f"run directory: {run_dir}", file=sys.stderr)
-    report = train(cfg, run_dir, verbose=0 if args.quiet else 2)
+    report = train(cfg, run_dir, verbose=0 if args.quiet else 2, distribute=args.distribute)
+    if "worker" in report:  # A non-chief worker: the chief writes the run directory.
+        print(json.dumps({"run_dir": str(run_dir), "worker": report["worker"]}))
+        return 0
     summary = {k: report.get(k) for k in ("auc", "threshold", "train_seconds")}
     if "at_threshold" in report:
         summary.update(

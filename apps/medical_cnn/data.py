@@ -1,21 +1,29 @@
-"""Data for the chest X-ray classifier: MedMNIST-style `.npz` files, TFDS, tf.data.
+"""Data for the chest X-ray classifier: MedMNIST-style `.npz` files, TFDS, batches.
 
 Every source ends as an `ImageData`: NumPy splits of `uint8`-range images
 `(N, H, W, C)` with integer labels `(N,)`, plus the class names. Pixels stay
 in their 0..255 scale here; the model normalises them itself (a
 `Normalization` layer), so training, prediction and serving cannot drift
-apart. `make_dataset` turns a split into a shuffled, batched, prefetched
-`tf.data.Dataset`.
+apart.
+
+`make_batches` turns a split into batches for `model.fit` on the current Keras
+backend: on TensorFlow, `make_dataset`'s shuffled, batched, prefetched
+`tf.data.Dataset`; on JAX (or any other backend), `ArrayBatches`, a
+`keras.utils.PyDataset` over the NumPy arrays that needs no TensorFlow. Reading
+an `.npz` file needs only NumPy, so `medical-cnn train --data FILE.npz` runs on
+a machine that has JAX but not TensorFlow (TFDS and image decoding do need it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from apps.common.data import fetch_file
@@ -354,6 +362,118 @@ def make_dataset(
         ds.batch(batch_size)
         .map(to_float, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches of one split from its NumPy arrays, for any Keras backend.
+
+    Yields `(images float32 (B, H, W, C) in 0..255, targets)`, plus each
+    example's weight when `sample_weights` (one weight per class) is given or
+    when padding adds examples. The same batches as `make_dataset`, without
+    TensorFlow.
+
+    Args:
+        split: the split.
+        num_classes: number of classes (targets as in `encode_labels`).
+        batch_size: examples per batch (the global batch).
+        shuffle: draw a new seeded order every epoch.
+        seed: the shuffling seed.
+        sample_weights: optional weight per class.
+        multiple_of: every batch must hold a multiple of this many examples
+            (the device count of JAX data parallelism); see `remainder`.
+        remainder: what to do with a last batch that is not such a multiple:
+            `"trim"` drops its extra examples (for training: at most
+            `multiple_of - 1` per epoch, different ones each shuffled epoch),
+            `"pad"` repeats its first example with weight 0 (for evaluation
+            and prediction: every real example counts, padding counts for
+            nothing in weighted metrics; drop `pad_count` rows of predictions).
+    """
+
+    def __init__(
+        self,
+        split: ImageSplit,
+        num_classes: int,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int | None = None,
+        sample_weights: Sequence[float] | None = None,
+        multiple_of: int = 1,
+        remainder: str = "pad",
+    ):
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
+        if batch_size % multiple_of:
+            raise ValueError(
+                f"batch_size={batch_size} is not a multiple of multiple_of={multiple_of}."
+            )
+        if remainder not in ("trim", "pad"):
+            raise ValueError(f"remainder must be 'trim' or 'pad'. Received: {remainder!r}")
+        n = len(split)
+        if remainder == "trim" and n < multiple_of:
+            raise ValueError(
+                f"the split holds {n} examples, fewer than the {multiple_of} devices to share them."
+            )
+        self.images = split.images
+        self.targets = encode_labels(split.labels, num_classes)
+        self.weights = None
+        if sample_weights is not None:
+            self.weights = np.asarray(sample_weights, "float32")[split.labels]
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.multiple_of = multiple_of
+        self.remainder = remainder
+        last = n % batch_size
+        self.pad_count = 0
+        if last % multiple_of and remainder == "pad":
+            self.pad_count = multiple_of - last % multiple_of
+            if self.weights is None:
+                self.weights = np.ones(n, "float32")
+        self.num_examples = n - (last % multiple_of if remainder == "trim" else 0)
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(n) if shuffle else np.arange(n)
+
+    def __len__(self):
+        return math.ceil(self.num_examples / self.batch_size)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
+        start = index * self.batch_size
+        idx = self._order[start : min(start + self.batch_size, self.num_examples)]
+        weights = None if self.weights is None else self.weights[idx]
+        if index == len(self) - 1 and self.pad_count:
+            idx = np.concatenate([idx, np.repeat(idx[:1], self.pad_count)])
+            weights = np.concatenate([weights, np.zeros(self.pad_count, "float32")])
+        batch = (self.images[idx].astype("float32"), self.targets[idx])
+        return batch if weights is None else (*batch, weights)
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self._order = self._rng.permutation(len(self._order))
+
+
+def make_batches(
+    split: ImageSplit,
+    num_classes: int,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int | None = None,
+    sample_weights: Sequence[float] | None = None,
+    multiple_of: int = 1,
+    remainder: str = "pad",
+):
+    """Batches of a split for the current Keras backend.
+
+    TensorFlow: `make_dataset` (tf.data; strategies split uneven batches
+    themselves, so `multiple_of` and `remainder` are not needed). Other
+    backends: `ArrayBatches` (see there for `multiple_of` and `remainder`).
+    """
+    if keras.backend.backend() == "tensorflow":
+        return make_dataset(split, num_classes, batch_size, shuffle, seed, sample_weights)
+    return ArrayBatches(
+        split, num_classes, batch_size, shuffle, seed, sample_weights, multiple_of, remainder
     )
 
 

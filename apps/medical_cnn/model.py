@@ -5,7 +5,7 @@ image (H, W, C) in 0..255
  -> Resizing to input_size x input_size     (only if H, W differ from it)
  -> augmentation                             (random layers: active in training only)
  -> Normalization (training-set mean/variance)
- -> stage 1: ConvBlock x convs_per_stage, pooling
+ -> stage 1: ConvBlock x convs_per_stage, pooling   (conv, [batch norm], activation)
  -> ...
  -> last stage: ConvBlock x convs_per_stage  (no pooling; Grad-CAM reads this block)
  -> GlobalAveragePooling2D -> Dropout -> Dense(1, sigmoid) | Dense(K, softmax)
@@ -96,6 +96,7 @@ def build_model(cfg: MedicalCNNConfig) -> keras.Model:
             x = ConvBlock(
                 filters,
                 kernel_size=3,
+                use_batch_norm=cfg.batch_norm,
                 activation=cfg.activation,
                 pooling=cfg.pooling if pooled else None,
                 pool_size=2,

@@ -1,4 +1,10 @@
-"""Training: `model.fit` on a tf.data pipeline, writing one resumable run directory.
+"""Training: `model.fit` on any Keras backend, writing one resumable run directory.
+
+Batches come from `data.make_batches`: a `tf.data` pipeline on TensorFlow, a
+NumPy `PyDataset` on JAX (which then needs no TensorFlow at all). With
+`distribute="mirrored"` / `"multiworker"` the model is built, compiled and fitted
+inside the strategy of `apps.common.distribute`; the config's `batch_size` stays
+the global batch.
 
 A run directory holds:
 
@@ -9,7 +15,7 @@ history.csv        one row per epoch (continued when a run resumes)
 threshold.json     decision threshold maximising Youden's J on the validation split
 metrics.json       validation measures at that threshold and at 0.5, timings
 plots/             training_curves.png, roc_val.png, confusion_matrix_val.png
-logs/              TensorBoard logs (when tensorboard is installed)
+logs/              TensorBoard logs (when tensorboard and TensorFlow are installed)
 backup/            BackupAndRestore state, only while a run is unfinished
 ```
 
@@ -31,6 +37,7 @@ import numpy as np
 
 from apps.common.callbacks import standard_callbacks
 from apps.common.config import config_to_dict, load_config, save_config
+from apps.common.distribute import get_distribution
 from apps.common.io import atomic_write_json
 from apps.common.model_io import load_keras_model
 from apps.medical_cnn import data as data_lib
@@ -100,8 +107,9 @@ def _check_same_config(run_dir: Path, cfg: MedicalCNNConfig) -> None:
 def finalize_run(run_dir: Path, cfg: MedicalCNNConfig, val: data_lib.ImageSplit) -> dict:
     """Picks the threshold on `val`, writes threshold.json, metrics.json and plots."""
     model = load_keras_model(run_dir / "model.keras")
-    dataset = data_lib.make_dataset(val, cfg.num_classes, cfg.batch_size)
-    probabilities = model.predict(dataset, verbose=0)
+    # Outside any distribution: one device, so no padding is needed.
+    batches = data_lib.make_batches(val, cfg.num_classes, cfg.batch_size)
+    probabilities = model.predict(batches, verbose=0)
     plots_dir = run_dir / "plots"
     threshold = None
     if cfg.num_classes == 2:
@@ -144,6 +152,7 @@ def train(
     verbose: int | str = 2,
     tensorboard: bool = True,
     backup_freq: int | str = 50,
+    distribute: str = "none",
 ) -> dict:
     """Trains `cfg` and writes the run directory; returns the metrics written.
 
@@ -152,14 +161,26 @@ def train(
         run_dir: the run directory; an unfinished run there is resumed.
         callbacks: extra Keras callbacks (appended to the standard ones).
         verbose: `model.fit` verbosity.
-        tensorboard: write TensorBoard logs (needs the `tensorboard` package).
+        tensorboard: write TensorBoard logs (needs the `tensorboard` and
+            `tensorflow` packages; skipped with a warning otherwise).
         backup_freq: batches between `BackupAndRestore` saves (or `"epoch"`).
+        distribute: `"none"`, `"mirrored"` or `"multiworker"` (see
+            `apps.common.distribute`); `cfg.batch_size` is the global batch.
+            With several workers only the chief writes `run_dir` and
+            finalises the run; the other workers return
+            `{"worker": "worker:1", ...}` without metrics.
 
     Raises:
-        ValueError: the run directory holds a finished run or a different config.
+        ValueError: the run directory holds a finished run or a different
+            config; a strategy the backend cannot run; a missing or invalid
+            `TF_CONFIG` for `multiworker`.
     """
+    # First: a multi-worker strategy must exist before TensorFlow runs anything.
+    dist = get_distribution(distribute)
+    dist.check_batch_size(cfg.batch_size)
     run_dir = Path(run_dir)
-    state = _run_state(run_dir)
+    work_dir = dist.work_dir(run_dir)
+    state = _run_state(work_dir)
     if state == "done":
         raise ValueError(
             f"run directory {run_dir} already holds a finished run (metrics.json); "
@@ -169,31 +190,72 @@ def train(
     data = data_lib.load_data(cfg.dataset, cfg.data_path, ("train", "val"), cfg.tfds_image_size)
     data.splits["train"] = data_lib.subsample(data["train"], cfg.max_train_examples, cfg.seed)
     cfg = resolve_config(cfg, data)
-    _check_same_config(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.json")
+    _check_same_config(work_dir, cfg)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, work_dir / "config.json")
 
     start = time.perf_counter()
     epochs_run = 0
     if state != "finalize":
         if state == "resume":
-            print(f"resuming the unfinished run in {run_dir}")
+            print(f"resuming the unfinished run in {work_dir}")
+        history = _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard, backup_freq)
+        epochs_run = len(history.history.get("loss", []))
+        if not (work_dir / "model.keras").is_file():
+            raise RuntimeError(
+                f"training produced no model in {work_dir} (the loss became NaN, or "
+                f"{MONITOR} was never finite); try a lower learning rate."
+            )
+    train_seconds = time.perf_counter() - start
+    if not dist.is_chief:
+        dist.release_work_dir(work_dir)
+        return {"worker": dist.describe()["task"], "epochs_run_this_call": epochs_run}
+    report = finalize_run(run_dir, cfg, data["val"])
+    report.update(
+        {
+            "train_seconds": round(train_seconds, 2),
+            "epochs_run_this_call": epochs_run,
+            "num_train_examples": len(data["train"]),
+            "data_source": data.source,
+            "backend": keras.backend.backend(),
+            "distribute": dist.describe(),
+        }
+    )
+    atomic_write_json(run_dir / "metrics.json", report)
+    return report
+
+
+def _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard, backup_freq):
+    """Builds, compiles and fits the model inside the distribution's scope."""
+    # Batches of the global batch size. On JAX every batch is split evenly over the
+    # devices: training drops the few examples that do not fit, validation pads.
+    multiple = dist.batch_multiple
+    train_batches = data_lib.make_batches(
+        data["train"],
+        cfg.num_classes,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        multiple_of=multiple,
+        remainder="trim",
+    )
+    val_batches = data_lib.make_batches(
+        data["val"], cfg.num_classes, cfg.batch_size, multiple_of=multiple, remainder="pad"
+    )
+    if keras.backend.backend() == "tensorflow":
+        train_batches = dist.prepare_tf_dataset(train_batches)
+        val_batches = dist.prepare_tf_dataset(val_batches)
+    class_weight = dict(enumerate(cfg.class_weights)) if cfg.imbalance == "class_weight" else None
+    with dist.scope():
         model = compile_model(build_model(cfg), cfg)
-        train_ds = data_lib.make_dataset(
-            data["train"], cfg.num_classes, cfg.batch_size, shuffle=True, seed=cfg.seed
-        )
-        val_ds = data_lib.make_dataset(data["val"], cfg.num_classes, cfg.batch_size)
-        class_weight = (
-            dict(enumerate(cfg.class_weights)) if cfg.imbalance == "class_weight" else None
-        )
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
+        return model.fit(
+            train_batches,
+            validation_data=val_batches,
             epochs=cfg.epochs,
             class_weight=class_weight,
-            shuffle=False,  # the tf.data pipeline shuffles
+            shuffle=False,  # the batches are shuffled by the pipeline
             callbacks=standard_callbacks(
-                run_dir,
+                work_dir,
                 MONITOR,
                 "max",
                 cfg.patience,
@@ -204,21 +266,3 @@ def train(
             + list(callbacks or []),
             verbose=verbose,
         )
-        epochs_run = len(history.history.get("loss", []))
-        if not (run_dir / "model.keras").is_file():
-            raise RuntimeError(
-                f"training produced no model in {run_dir} (the loss became NaN, or "
-                f"{MONITOR} was never finite); try a lower learning rate."
-            )
-    train_seconds = time.perf_counter() - start
-    report = finalize_run(run_dir, cfg, data["val"])
-    report.update(
-        {
-            "train_seconds": round(train_seconds, 2),
-            "epochs_run_this_call": epochs_run,
-            "num_train_examples": len(data["train"]),
-            "data_source": data.source,
-        }
-    )
-    atomic_write_json(run_dir / "metrics.json", report)
-    return report

@@ -38,8 +38,9 @@ class TranslatorConfig:
             sentences are truncated to it; targets count their end token
             (so a translation has at most `sequence_length - 1` words), and
             training pairs longer than that are left out.
-        source_vocab_size: English vocabulary size, reserved tokens included.
-        target_vocab_size: Spanish vocabulary size, reserved tokens included.
+        source_vocab_size: most English vocabulary entries, reserved tokens
+            included (fewer when the training split has fewer words).
+        target_vocab_size: most Spanish vocabulary entries, likewise.
         min_count: a word enters a vocabulary only if seen this often in the
             training split.
         max_train_pairs: use only the first N training pairs (quick runs).

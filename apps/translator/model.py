@@ -27,14 +27,26 @@ SOURCE_INPUT = "source_tokens"
 DECODER_INPUT = "decoder_tokens"
 
 
-def build_model(config: TranslatorConfig) -> keras.Model:
+def build_model(
+    config: TranslatorConfig,
+    source_vocab_size: int | None = None,
+    target_vocab_size: int | None = None,
+) -> keras.Model:
     """Builds the (uncompiled) training model for `config`.
+
+    Args:
+        config: the run's configuration.
+        source_vocab_size, target_vocab_size: the sizes of the vocabularies
+            actually built (a small corpus may have fewer words than the
+            config's caps); default to the config's values.
 
     Layer names are part of the contract with `TranslatorLayers`:
     `source_embedding`, `encoder_<i>`, `target_embedding`, `decoder_<i>`,
     `encoder_final_norm` / `decoder_final_norm` (pre-norm only),
     `output_dropout` and `logits`.
     """
+    source_vocab_size = source_vocab_size or config.source_vocab_size
+    target_vocab_size = target_vocab_size or config.target_vocab_size
     source = keras.Input((None,), dtype="int32", name=SOURCE_INPUT)
     decoder_tokens = keras.Input((None,), dtype="int32", name=DECODER_INPUT)
     block_args = dict(
@@ -46,7 +58,7 @@ def build_model(config: TranslatorConfig) -> keras.Model:
     )
 
     x = PositionalEmbedding(
-        config.sequence_length, config.source_vocab_size, config.embed_dim, name="source_embedding"
+        config.sequence_length, source_vocab_size, config.embed_dim, name="source_embedding"
     )(source)
     for i in range(config.num_encoder_layers):
         x = TransformerEncoder(**block_args, name=f"encoder_{i}")(x)
@@ -55,14 +67,14 @@ def build_model(config: TranslatorConfig) -> keras.Model:
         x = keras.layers.LayerNormalization(epsilon=1e-5, name="encoder_final_norm")(x)
 
     y = PositionalEmbedding(
-        config.sequence_length, config.target_vocab_size, config.embed_dim, name="target_embedding"
+        config.sequence_length, target_vocab_size, config.embed_dim, name="target_embedding"
     )(decoder_tokens)
     for i in range(config.num_decoder_layers):
         y = TransformerDecoder(**block_args, name=f"decoder_{i}")(y, x)
     if config.normalize_first:
         y = keras.layers.LayerNormalization(epsilon=1e-5, name="decoder_final_norm")(y)
     y = keras.layers.Dropout(config.output_dropout, name="output_dropout")(y)
-    logits = keras.layers.Dense(config.target_vocab_size, name="logits")(y)
+    logits = keras.layers.Dense(target_vocab_size, name="logits")(y)
     return keras.Model(
         {SOURCE_INPUT: source, DECODER_INPUT: decoder_tokens}, logits, name="translator"
     )

@@ -219,7 +219,7 @@ def train(
     )
     val_ds, _ = make_dataset(splits.val, **dataset_args)
 
-    model = build_model(config)
+    model = build_model(config, source_vocab.size, target_vocab.size)
     compile_model(model, config, total_steps=steps_per_epoch * config.epochs)
     timer = StepTimer()
     callbacks = standard_callbacks(run_dir, monitor=MONITOR, mode="min", patience=config.patience)

@@ -144,7 +144,7 @@ class Translator:
         return words, pad_batch(self.source_vocab.lookup(words), self.sequence_length)
 
     def _token_ids_graph(self, sentences):
-        words, source_ids = self._source_ids(sentences)
+        _, source_ids = self._source_ids(sentences)
         return source_ids, greedy_decode(self.layers, source_ids, self.sequence_length)
 
     def translate_graph(self, sentences):
@@ -185,7 +185,7 @@ class Translator:
         return {k: v.numpy() for k, v in stats.items()}
 
     def translate_ids(self, sentences: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(source ids `(B, L)`, output ids `(B, L)`) of a batch, for inspection."""
+        """(source ids `(B, S)`, output ids `(B, sequence_length)`) of a batch, for inspection."""
         source_ids, output_ids = self._token_ids(
             tf.constant(clean_sentences(sentences), dtype=tf.string)
         )

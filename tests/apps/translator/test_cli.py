@@ -172,6 +172,12 @@ def test_train_command_writes_a_run_directory(spa_eng_zip, tmp_path, capsys):
     assert metrics["epochs_run"] == 1 and metrics["train_pairs"] == 300
     assert json.loads((run_dir / "config.json").read_text())["seed"] == 3
     assert f"run directory: {run_dir}" in err
+    # 300 pairs hold fewer words than the tiny preset's 300-entry caps: the model
+    # is sized to the vocabularies actually built, and translates.
+    translator = Translator.from_run_dir(run_dir)
+    assert translator.source_vocab.size < 300
+    assert translator.layers.target_vocab_size == translator.target_vocab.size
+    assert len(translator.translate(["Go.", "Where is Tom?"])) == 2
 
 
 def test_python_dash_m_entry_point_reads_stdin(tiny_run, translator):
