@@ -267,7 +267,9 @@ class Distribution:
         import tensorflow as tf
 
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
         return dataset.with_options(options)
 
     def describe(self) -> dict:

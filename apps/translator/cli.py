@@ -1,6 +1,8 @@
 """The `translator` command: train, evaluate, translate, export.
 
-    translator train [--data PATH] [--preset default] [--epochs N] [--run-dir DIR] [--seed N]
+    translator prepare --out DIR [--data PATH] [--preset default] [--max-train-pairs N]
+    translator train [--data PATH | --prepared DIR] [--preset default] [--epochs N] [--run-dir DIR]
+                     [--seed N] [--distribute {none,mirrored,multiworker}]
     translator evaluate --model RUN_DIR [--data PATH] [--split test] [--pairs FILE]
     translator translate --model RUN_DIR_OR_EXPORT [TEXT ...]  (or stdin, or --input/--output)
     translator translate --server http://localhost:8501 [TEXT ...]
@@ -23,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from apps.common.cli import CliError, add_common_train_args, run_cli
+from apps.common.distribute import STRATEGIES
 from apps.common.io import atomic_write_text
 from apps.translator.config import PRESETS
 
@@ -45,8 +48,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
+    prepare = sub.add_parser(
+        "prepare", help="tokenise the corpus into integer arrays (train them without TensorFlow)"
+    )
+    prepare.add_argument("--out", type=Path, required=True, help="folder to write")
+    prepare.add_argument("--data", type=Path, default=None, help="local corpus (zip or spa.txt)")
+    prepare.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    prepare.add_argument(
+        "--max-train-pairs", type=_positive_int, default=None, help="keep only the first N pairs"
+    )
+
     train = sub.add_parser("train", help="train a model into a run directory")
     add_common_train_args(train, presets=PRESETS, default_preset="default")
+    # Without --preset, --prepared trains with the config the data was prepared with.
+    train.set_defaults(preset=None)
+    for action in train._actions:
+        if action.dest == "preset":
+            action.help = "named configuration (default: default; with --prepared, its preset)"
+    train.add_argument(
+        "--prepared",
+        type=Path,
+        default=None,
+        help="train from a folder written by 'translator prepare' (no TensorFlow needed)",
+    )
+    train.add_argument(
+        "--distribute",
+        choices=STRATEGIES,
+        default="none",
+        help="several GPUs (mirrored) or machines (multiworker, TF_CONFIG); "
+        "see docs/distributed.md",
+    )
     train.add_argument(
         "--max-train-pairs", type=_positive_int, default=None, help="use only the first N pairs"
     )
@@ -89,22 +120,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prepare(args) -> None:
+    from apps.common.config import apply_overrides
+    from apps.translator.config import get_config
+    from apps.translator.prepared import prepare
+
+    config = apply_overrides(get_config(args.preset), max_train_pairs=args.max_train_pairs)
+    manifest = prepare(config, args.out, data=args.data, preset=args.preset)
+    summary = {k: manifest[k] for k in ("preset", "sequence_length", "vocab_sizes", "splits")}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
 def _train(args) -> None:
     from apps.common.cli import default_run_dir
     from apps.common.config import apply_overrides
     from apps.translator.config import get_config
-    from apps.translator.train import train
 
+    if args.prepared is not None and args.data is not None:
+        raise CliError("pass --data CORPUS or --prepared DIR, not both")
+    prepared = None
+    if args.prepared is not None:
+        from apps.translator.prepared import load_prepared
+
+        prepared = load_prepared(args.prepared)
+        base = prepared.config if args.preset is None else get_config(args.preset)
+    else:
+        base = get_config(args.preset or "default")
     config = apply_overrides(
-        get_config(args.preset),
+        base,
         epochs=args.epochs,
         seed=args.seed,
         max_train_pairs=args.max_train_pairs,
         time_budget_minutes=args.time_budget_minutes,
     )
+    from apps.translator.train import train
+
     run_dir = args.run_dir or default_run_dir(APP_NAME)
     print(f"run directory: {run_dir}", file=sys.stderr)
-    metrics = train(config, data=args.data, run_dir=run_dir)
+    metrics = train(
+        config, data=args.data, run_dir=run_dir, prepared=prepared, distribute=args.distribute
+    )
     metrics.pop("samples", None)
     print(json.dumps(metrics, indent=2))
 
@@ -182,9 +238,14 @@ def _export(args) -> None:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    {"train": _train, "evaluate": _evaluate, "translate": _translate, "export": _export}[
-        args.command
-    ](args)
+    commands = {
+        "prepare": _prepare,
+        "train": _train,
+        "evaluate": _evaluate,
+        "translate": _translate,
+        "export": _export,
+    }
+    commands[args.command](args)
     return 0
 
 

@@ -27,6 +27,20 @@ import dataclasses
 from apps.common.config import get_preset
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop")
+# File names in a run directory; a prepared-data folder holds the same vocabulary files.
+CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+SOURCE_VOCAB_FILE = "vocab_source.txt"
+TARGET_VOCAB_FILE = "vocab_target.txt"
+# The fields that decide tokenisation and which pairs are used: training from
+# prepared arrays needs the values they were prepared with.
+DATA_FIELDS = (
+    "sequence_length",
+    "source_vocab_size",
+    "target_vocab_size",
+    "min_count",
+    "max_train_pairs",
+)
 
 
 @dataclasses.dataclass
@@ -68,9 +82,10 @@ class TranslatorConfig:
         weight_decay: decoupled weight decay (only for `adamw`).
         label_smoothing: label smoothing of the token cross-entropy.
         clipnorm: gradient clipping by global norm; `None` disables it.
-        jit_compile: compile the train step with XLA. Off by default: on a
-            CPU it measured slower here (and it compiles once per bucket
-            shape); worth it on a GPU.
+        jit_compile: compile the TensorFlow train step with XLA. Off by
+            default: on a CPU it measured slower here (and it compiles once
+            per bucket shape); worth it on a GPU. JAX always compiles its
+            train step (un-jitted, it runs op by op, tens of times slower).
         patience: epochs without `val_loss` improvement before stopping.
         time_budget_minutes: stop training (after the current batch, then
             validate and keep the best model) once this much time has passed.

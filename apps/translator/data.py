@@ -11,6 +11,10 @@ of one sentence land in the same split (no test sentence is seen in training).
 `({"source_tokens", "decoder_tokens"}, labels)` where the decoder input is the
 target prefixed with `[START]` and the labels are the target followed by
 `[END]` (teacher forcing, shift by one).
+
+Reading, splitting and grouping are plain Python; only the tokenising
+pipelines (`encode_pairs`, `make_dataset`) import TensorFlow, so this module
+also serves a process without it (training from prepared arrays).
 """
 
 from __future__ import annotations
@@ -21,13 +25,17 @@ import os
 import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import tensorflow as tf
 
 from apps.common.data import fetch_file
-from apps.translator.vectorization import END_ID, PAD_ID, START_ID, Vocabulary
+from apps.translator.tokens import END_ID, PAD_ID, START_ID
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from apps.translator.vectorization import Vocabulary
 
 SPA_ENG_URL = "http://storage.googleapis.com/download.tensorflow.org/data/spa-eng.zip"
 SPA_ENG_SHA256 = "f80e581ae291aa34dd3aba7bd98b5e9505234da4318e2f3295df70a1520c7f61"
@@ -168,6 +176,8 @@ def encode_pairs(
     with its end token has more, are left out (a truncated target would teach
     the model to stop mid-sentence).
     """
+    import tensorflow as tf
+
     if not pairs:
         raise ValueError("No sentence pairs to encode.")
     english = tf.constant([p.english for p in pairs])
@@ -199,6 +209,7 @@ def make_dataset(
     shuffle: bool = False,
     seed: int | None = None,
     bucket_by_length: bool = True,
+    pad_batches: bool = False,
 ) -> tuple[tf.data.Dataset, int]:
     """A `tf.data.Dataset` for `model.fit` and the number of batches it yields per pass.
 
@@ -206,16 +217,50 @@ def make_dataset(
     int32, padded with `PAD_ID`. With `bucket_by_length`, each batch holds
     sentences of similar length and is padded to its bucket's bound (few
     distinct shapes, little padding); otherwise every batch is padded to
-    `sequence_length`.
+    `sequence_length`. With `pad_batches`, a batch with fewer than
+    `batch_size` pairs is filled up with all-`[PAD]` rows, which add nothing to
+    the masked loss and accuracy: every batch then splits evenly over devices
+    (needed by `keras.distribution.DataParallel` on JAX).
     """
     if batch_size < 1:
         raise ValueError(
             f"batch_size must be a positive integer. Received: batch_size={batch_size}"
         )
-    source, decoder_input, labels = encode_pairs(pairs, source_vocab, target_vocab, sequence_length)
+    encoded = encode_pairs(pairs, source_vocab, target_vocab, sequence_length)
+    if int(encoded[0].nrows()) == 0:
+        raise ValueError(f"None of the {len(pairs)} pairs fits sequence_length={sequence_length}.")
+    return dataset_from_ids(
+        *encoded,
+        sequence_length=sequence_length,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        bucket_by_length=bucket_by_length,
+        pad_batches=pad_batches,
+    )
+
+
+def dataset_from_ids(
+    source: tf.RaggedTensor,
+    decoder_input: tf.RaggedTensor,
+    labels: tf.RaggedTensor,
+    sequence_length: int,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int | None = None,
+    bucket_by_length: bool = True,
+    pad_batches: bool = False,
+) -> tuple[tf.data.Dataset, int]:
+    """`make_dataset` for pairs already encoded by `encode_pairs` (same arguments and result)."""
+    import tensorflow as tf
+
+    if batch_size < 1:
+        raise ValueError(
+            f"batch_size must be a positive integer. Received: batch_size={batch_size}"
+        )
     n = int(source.nrows())
     if n == 0:
-        raise ValueError(f"None of the {len(pairs)} pairs fits sequence_length={sequence_length}.")
+        raise ValueError("No encoded pairs to batch.")
     ds = tf.data.Dataset.from_tensor_slices((source, decoder_input, labels))
     # Rows of a ragged tensor arrive as 1-D ragged specs; padded batching wants tensors.
     ds = ds.map(lambda *row: tuple(tf.reshape(x, [-1]) for x in row))
@@ -239,6 +284,13 @@ def make_dataset(
         ds = ds.padded_batch(
             batch_size, padded_shapes=(shape, shape, shape), padding_values=(PAD_ID,) * 3
         )
+    if pad_batches:
+
+        def fill_up(*batch):
+            extra = batch_size - tf.shape(batch[0])[0]
+            return tuple(tf.pad(x, [[0, extra], [0, 0]], constant_values=PAD_ID) for x in batch)
+
+        ds = ds.map(fill_up)
     ds = ds.map(
         lambda s, d, y: ({"source_tokens": s, "decoder_tokens": d}, y),
         num_parallel_calls=tf.data.AUTOTUNE,

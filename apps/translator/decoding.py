@@ -25,7 +25,7 @@ import numpy as np
 from keras import ops
 
 from apps.translator.model import DECODER_INPUT, SOURCE_INPUT, TranslatorLayers
-from apps.translator.vectorization import END_ID, PAD_ID, START_ID, UNK_ID
+from apps.translator.tokens import END_ID, PAD_ID, START_ID, UNK_ID
 
 BANNED_IDS = (PAD_ID, UNK_ID, START_ID)
 

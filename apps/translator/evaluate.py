@@ -23,7 +23,6 @@ import sacrebleu
 
 from apps.common.io import atomic_write_json
 from apps.translator.data import Pair, group_references, load_splits, read_pairs
-from apps.translator.translate import load_translator
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
@@ -75,15 +74,33 @@ def evaluate_pairs(
             is sorted by length, so the first ones would all be short).
         num_samples: sample translations to include.
     """
-    grouped = group_references(pairs)
-    if limit is not None and limit < len(grouped):
-        step = len(grouped) / limit
-        grouped = [grouped[int(i * step)] for i in range(limit)]
+    grouped = select_evenly(group_references(pairs), limit)
     sources = [english for english, _ in grouped]
     references = [refs for _, refs in grouped]
     start = time.perf_counter()
     hypotheses = translator.translate(sources, batch_size=batch_size)
     seconds = time.perf_counter() - start
+    return score_translations(sources, references, hypotheses, seconds, num_samples, seed)
+
+
+def select_evenly(items: Sequence, limit: int | None) -> list:
+    """`limit` items evenly spaced over `items` (all of them if `limit` is None or larger)."""
+    items = list(items)
+    if limit is None or limit >= len(items):
+        return items
+    step = len(items) / limit
+    return [items[int(i * step)] for i in range(limit)]
+
+
+def score_translations(
+    sources: Sequence[str],
+    references: Sequence[Sequence[str]],
+    hypotheses: Sequence[str],
+    seconds: float,
+    num_samples: int = 20,
+    seed: int = 0,
+) -> dict:
+    """The result of `evaluate_pairs` for translations already made (see there)."""
     result = {
         "num_sources": len(sources),
         "num_pairs": sum(len(r) for r in references),
@@ -116,6 +133,8 @@ def evaluate(
     Returns:
         (the results, the JSON path).
     """
+    from apps.translator.translate import load_translator
+
     translator = load_translator(model)
     if pairs_file is not None:
         pairs = read_pairs(pairs_file)

@@ -20,7 +20,7 @@ import keras
 from keras import ops
 
 from apps.translator.config import TranslatorConfig
-from apps.translator.vectorization import PAD_ID
+from apps.translator.tokens import PAD_ID
 from custom_layers.layers import PositionalEmbedding, TransformerDecoder, TransformerEncoder
 
 SOURCE_INPUT = "source_tokens"

@@ -13,31 +13,50 @@ A run directory holds everything needed to use or resume the run:
 
 Running the same command again on an interrupted run directory resumes it
 (same config and vocabularies required).
+
+Two sources of training pairs:
+
+- text (`data=` / `splits=`): tokenised here by a `tf.data` pipeline
+  (`data.make_dataset`), so TensorFlow is needed;
+- prepared arrays (`prepared=`, written by `translator prepare`): batched with
+  NumPy (`prepared.ArrayBatches`), so training, checkpoints and the BLEU in
+  `metrics.json` need no TensorFlow (e.g. `KERAS_BACKEND=jax` on a GPU machine
+  without it). The run directory is the same either way.
+
+`distribute` runs `model.fit` on several devices or machines through
+`apps.common.distribute` (`MirroredStrategy` / `MultiWorkerMirroredStrategy` on
+TensorFlow, `keras.distribution.DataParallel` on JAX); `config.batch_size` is
+the global batch.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 
 from apps.common.callbacks import standard_callbacks
 from apps.common.cli import default_run_dir
 from apps.common.config import config_to_dict, load_config, save_config
-from apps.common.io import atomic_write_json
-from apps.translator.config import TranslatorConfig
-from apps.translator.data import Splits, load_splits, make_dataset
-from apps.translator.model import build_model
-from apps.translator.translate import (
+from apps.common.distribute import Distribution, get_distribution
+from apps.common.io import atomic_write_json, atomic_write_text
+from apps.common.model_io import load_keras_model
+from apps.translator import prepared as prepared_lib
+from apps.translator.config import (
     CONFIG_FILE,
     MODEL_FILE,
     SOURCE_VOCAB_FILE,
     TARGET_VOCAB_FILE,
-    Translator,
+    TranslatorConfig,
 )
-from apps.translator.vectorization import PAD_ID, Vocabulary
+from apps.translator.data import Splits, load_splits
+from apps.translator.model import build_model
+from apps.translator.tokens import PAD_ID, load_tokens
 from custom_layers.losses import MaskedSparseCategoricalCrossentropy
 from custom_layers.metrics import MaskedAccuracy
 
@@ -85,7 +104,8 @@ def compile_model(model: keras.Model, config: TranslatorConfig, total_steps: int
             pad_id=PAD_ID, from_logits=True, label_smoothing=config.label_smoothing
         ),
         metrics=[MaskedAccuracy(pad_id=PAD_ID, name="accuracy")],
-        jit_compile=config.jit_compile,
+        # JAX without jit runs every op eagerly (about 50x slower here): always compile.
+        jit_compile=config.jit_compile or keras.backend.backend() == "jax",
     )
     return model
 
@@ -153,51 +173,59 @@ def _prepare_run_dir(run_dir: Path, config: TranslatorConfig) -> None:
         save_config(config, config_path)
 
 
+def build_vocabularies(train_pairs, config: TranslatorConfig):
+    """English and Spanish `Vocabulary` of the training pairs, capped by the config."""
+    from apps.translator.vectorization import Vocabulary
+
+    source_vocab = Vocabulary.from_texts(
+        (p.english for p in train_pairs),
+        config.source_vocab_size,
+        config.min_count,
+        "source_vocab",
+    )
+    target_vocab = Vocabulary.from_texts(
+        (p.spanish for p in train_pairs),
+        config.target_vocab_size,
+        config.min_count,
+        "target_vocab",
+    )
+    return source_vocab, target_vocab
+
+
 def _vocabularies(run_dir: Path, splits_train, config: TranslatorConfig):
     """The run's vocabularies: loaded when resuming, else built from the training split and saved."""
+    from apps.translator.vectorization import Vocabulary
+
     source_path, target_path = run_dir / SOURCE_VOCAB_FILE, run_dir / TARGET_VOCAB_FILE
     if source_path.is_file() and target_path.is_file():
         return (
             Vocabulary.load(source_path, name="source_vocab"),
             Vocabulary.load(target_path, name="target_vocab"),
         )
-    source_vocab = Vocabulary.from_texts(
-        (p.english for p in splits_train),
-        config.source_vocab_size,
-        config.min_count,
-        "source_vocab",
-    )
-    target_vocab = Vocabulary.from_texts(
-        (p.spanish for p in splits_train),
-        config.target_vocab_size,
-        config.min_count,
-        "target_vocab",
-    )
+    source_vocab, target_vocab = build_vocabularies(splits_train, config)
     source_vocab.save(source_path)
     target_vocab.save(target_path)
     return source_vocab, target_vocab
 
 
-def train(
-    config: TranslatorConfig,
-    data: str | os.PathLike | None = None,
-    run_dir: str | os.PathLike | None = None,
-    splits: Splits | None = None,
-    verbose: str | int = "auto",
-) -> dict:
-    """Trains a translator and returns the metrics written to `metrics.json`.
+class _Inputs(NamedTuple):
+    """What `train` needs from a data source."""
 
-    Args:
-        config: the run's configuration.
-        data: the corpus (zip or text file); `None` downloads the official archive.
-        run_dir: output folder (created; an existing one is resumed);
-            defaults to `runs/translator/<timestamp>`.
-        splits: pairs already split (tests pass slices); overrides `data`.
-        verbose: passed to `model.fit`.
-    """
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir("translator")
-    _prepare_run_dir(run_dir, config)
-    keras.utils.set_random_seed(config.seed)
+    train: object  # a tf.data.Dataset or a keras.utils.PyDataset
+    val: object
+    steps_per_epoch: int
+    train_pairs: int
+    train_label_tokens: int
+    source_vocab_size: int
+    target_vocab_size: int
+    # fn(run_dir) -> BLEU/chrF dict of the saved best model on validation sentences.
+    evaluate: Callable[[Path], dict]
+    description: dict
+
+
+def _text_inputs(config, data, splits, run_dir: Path, dist: Distribution) -> _Inputs:
+    """Pairs from text, tokenised by tf.data (needs TensorFlow)."""
+    from apps.translator.data import dataset_from_ids, encode_pairs
 
     splits = splits if splits is not None else load_splits(data)
     train_pairs = splits.train[: config.max_train_pairs] if config.max_train_pairs else splits.train
@@ -208,21 +236,165 @@ def train(
         )
     source_vocab, target_vocab = _vocabularies(run_dir, train_pairs, config)
     dataset_args = dict(
-        source_vocab=source_vocab,
-        target_vocab=target_vocab,
         sequence_length=config.sequence_length,
         batch_size=config.batch_size,
         bucket_by_length=config.bucket_by_length,
+        # JAX splits every batch evenly over the devices.
+        pad_batches=dist.batch_multiple > 1,
     )
-    train_ds, steps_per_epoch = make_dataset(
-        train_pairs, shuffle=True, seed=config.seed, **dataset_args
-    )
-    val_ds, _ = make_dataset(splits.val, **dataset_args)
+    datasets = []
+    for pairs, shuffle in ((train_pairs, True), (splits.val, False)):
+        encoded = encode_pairs(pairs, source_vocab, target_vocab, config.sequence_length)
+        if int(encoded[0].nrows()) == 0:
+            raise ValueError(
+                f"None of the {len(pairs)} pairs fits sequence_length={config.sequence_length}."
+            )
+        ds, num_batches = dataset_from_ids(
+            *encoded, shuffle=shuffle, seed=config.seed, **dataset_args
+        )
+        datasets.append((ds, num_batches, int(encoded[2].row_lengths().numpy().sum())))
+    (train_ds, steps, tokens), (val_ds, _, _) = datasets
 
-    model = build_model(config, source_vocab.size, target_vocab.size)
-    compile_model(model, config, total_steps=steps_per_epoch * config.epochs)
+    def evaluate(run_dir: Path) -> dict:
+        from apps.translator.evaluate import evaluate_pairs
+        from apps.translator.translate import Translator
+
+        translator = Translator.from_run_dir(run_dir)  # The best checkpoint, as users get it.
+        if not config.eval_sentences:
+            return {}
+        return evaluate_pairs(translator, splits.val, limit=config.eval_sentences, num_samples=5)
+
+    return _Inputs(
+        dist.prepare_tf_dataset(train_ds),
+        dist.prepare_tf_dataset(val_ds),
+        steps,
+        len(train_pairs),
+        tokens,
+        source_vocab.size,
+        target_vocab.size,
+        evaluate,
+        {"data": "text"},
+    )
+
+
+def _copy_vocabulary(source: Path, destination: Path) -> None:
+    """Copies a prepared vocabulary into the run dir (a resumed run must already hold the same)."""
+    tokens = load_tokens(source)
+    if destination.is_file():
+        if load_tokens(destination) != tokens:
+            raise ValueError(
+                f"{destination} differs from the prepared {source}: this run directory was "
+                "trained on other data; pass a new --run-dir."
+            )
+        return
+    atomic_write_text(destination, "\n".join(tokens) + "\n")
+
+
+def _prepared_inputs(config, prepared, run_dir: Path, dist: Distribution) -> _Inputs:
+    """Pairs from prepared arrays, batched with NumPy (no TensorFlow needed)."""
+    _copy_vocabulary(prepared.vocabulary_file("source"), run_dir / SOURCE_VOCAB_FILE)
+    _copy_vocabulary(prepared.vocabulary_file("target"), run_dir / TARGET_VOCAB_FILE)
+    batch_args = dict(
+        batch_size=config.batch_size,
+        sequence_length=config.sequence_length,
+        bucket_by_length=config.bucket_by_length,
+    )
+    train_split, val_split = prepared.split("train"), prepared.split("val")
+    if not len(train_split) or not len(val_split):
+        raise ValueError(
+            f"Training needs training and validation pairs. {prepared.path} holds "
+            f"{len(train_split)} training and {len(val_split)} validation pairs that fit."
+        )
+    train_batches = prepared_lib.ArrayBatches(
+        train_split, shuffle=True, seed=config.seed, **batch_args
+    )
+    val_batches = prepared_lib.ArrayBatches(val_split, **batch_args)
+    steps = len(train_batches)
+    if keras.backend.backend() == "tensorflow":
+        # tf.distribute strategies shard tf.data datasets (by data across workers).
+        train_batches = dist.prepare_tf_dataset(train_batches.as_tf_dataset())
+        val_batches = dist.prepare_tf_dataset(val_batches.as_tf_dataset())
+
+    def evaluate(run_dir: Path) -> dict:
+        model = load_keras_model(run_dir / MODEL_FILE, compile=False)
+        if not config.eval_sentences:
+            return {}
+        return prepared_lib.evaluate_prepared(
+            model, prepared, "val", limit=config.eval_sentences, num_samples=5
+        )
+
+    return _Inputs(
+        train_batches,
+        val_batches,
+        steps,
+        len(train_split),
+        int((train_split.labels != PAD_ID).sum()),
+        len(prepared.source_tokens),
+        len(prepared.target_tokens),
+        evaluate,
+        {"data": "prepared", "prepared": str(prepared.path)},
+    )
+
+
+def _warn_about_clipping(config: TranslatorConfig, dist: Distribution) -> None:
+    if dist.backend == "tensorflow" and dist.num_replicas > 1 and config.clipnorm is not None:
+        warnings.warn(
+            f"--distribute {dist.name} on TensorFlow: Keras clips each replica's share of the "
+            f"gradient to clipnorm={config.clipnorm} before the replicas' gradients are summed, "
+            "so clipping is not the same as on one device (JAX's DataParallel clips the whole "
+            "gradient). See apps/translator/README.md.",
+            stacklevel=3,
+        )
+
+
+def train(
+    config: TranslatorConfig,
+    data: str | os.PathLike | None = None,
+    run_dir: str | os.PathLike | None = None,
+    splits: Splits | None = None,
+    verbose: str | int = "auto",
+    prepared: str | os.PathLike | prepared_lib.Prepared | None = None,
+    distribute: str = "none",
+) -> dict:
+    """Trains a translator and returns the metrics written to `metrics.json`.
+
+    Args:
+        config: the run's configuration.
+        data: the corpus (zip or text file); `None` downloads the official archive.
+        run_dir: output folder (created; an existing one is resumed);
+            defaults to `runs/translator/<timestamp>`.
+        splits: pairs already split (tests pass slices); overrides `data`.
+        verbose: passed to `model.fit`.
+        prepared: a folder written by `translator prepare` (or its loaded
+            `Prepared`): train from its arrays, without TensorFlow. Excludes
+            `data` and `splits`; `config`'s data fields must match it.
+        distribute: `"none"`, `"mirrored"` or `"multiworker"` (see
+            `apps.common.distribute`). With several workers only the chief
+            writes `run_dir` and evaluates; the others return
+            `{"worker": "worker:1", ...}`.
+    """
+    # First: a multi-worker strategy must exist before TensorFlow runs anything.
+    dist = get_distribution(distribute)
+    dist.check_batch_size(config.batch_size)
+    if prepared is not None and (data is not None or splits is not None):
+        raise ValueError("Pass either prepared data or a corpus (data / splits), not both.")
+    if prepared is not None and not isinstance(prepared, prepared_lib.Prepared):
+        prepared = prepared_lib.load_prepared(prepared)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir("translator")
+    work_dir = dist.work_dir(run_dir)
+    if prepared is not None:
+        prepared_lib.check_compatible(config, prepared)
+    _prepare_run_dir(work_dir, config)
+    keras.utils.set_random_seed(config.seed)
+    _warn_about_clipping(config, dist)
+
+    if prepared is not None:
+        inputs = _prepared_inputs(config, prepared, work_dir, dist)
+    else:
+        inputs = _text_inputs(config, data, splits, work_dir, dist)
+
     timer = StepTimer()
-    callbacks = standard_callbacks(run_dir, monitor=MONITOR, mode="min", patience=config.patience)
+    callbacks = standard_callbacks(work_dir, monitor=MONITOR, mode="min", patience=config.patience)
     callbacks.append(timer)
     budget = None
     if config.time_budget_minutes is not None:
@@ -230,23 +402,33 @@ def train(
         callbacks.append(budget)
 
     start = time.monotonic()
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        callbacks=callbacks,
-        shuffle=False,  # The tf.data pipeline shuffles (seeded) before batching by length.
-        verbose=verbose,
-    )
+    with dist.scope():
+        model = build_model(config, inputs.source_vocab_size, inputs.target_vocab_size)
+        compile_model(model, config, total_steps=inputs.steps_per_epoch * config.epochs)
+        history = model.fit(
+            inputs.train,
+            validation_data=inputs.val,
+            epochs=config.epochs,
+            callbacks=callbacks,
+            shuffle=False,  # The pipelines shuffle (seeded) before batching by length.
+            verbose=verbose,
+        )
     train_seconds = time.monotonic() - start
 
-    if not (run_dir / MODEL_FILE).is_file():
+    if not (work_dir / MODEL_FILE).is_file():
         raise RuntimeError(
-            f"Training wrote no {MODEL_FILE} to {run_dir}: no epoch produced a finite {MONITOR}."
+            f"Training wrote no {MODEL_FILE} to {work_dir}: no epoch produced a finite {MONITOR}."
         )
-    translator = Translator.from_run_dir(run_dir)  # The best checkpoint, as users get it.
+    if not dist.is_chief:
+        dist.release_work_dir(work_dir)
+        return {
+            "worker": dist.describe()["task"],
+            "epochs_run": len(history.history.get("loss", [])),
+        }
     val_loss = history.history.get(MONITOR, [])
     best_epoch = int(min(range(len(val_loss)), key=val_loss.__getitem__)) if val_loss else None
+    ms_per_step = timer.ms_per_step
+    tokens_per_step = inputs.train_label_tokens / max(inputs.steps_per_epoch, 1)
     metrics = {
         "best_epoch": None if best_epoch is None else best_epoch + 1,
         "best_val_loss": None if best_epoch is None else float(val_loss[best_epoch]),
@@ -256,19 +438,24 @@ def train(
         "epochs_run": len(val_loss),
         "stopped_by_time_budget": bool(budget and budget.stopped),
         "train_seconds": round(train_seconds, 1),
-        "train_pairs": len(train_pairs),
-        "steps_per_epoch": steps_per_epoch,
+        "train_pairs": inputs.train_pairs,
+        "steps_per_epoch": inputs.steps_per_epoch,
         "batch_size": config.batch_size,
-        "ms_per_step": None if timer.ms_per_step is None else round(timer.ms_per_step, 2),
+        "ms_per_step": None if ms_per_step is None else round(ms_per_step, 2),
         "pairs_per_second": None
-        if not timer.ms_per_step
-        else round(config.batch_size * 1000.0 / timer.ms_per_step, 1),
+        if not ms_per_step
+        else round(config.batch_size * 1000.0 / ms_per_step, 1),
+        # Target tokens ([END] included, padding not) per second of training steps.
+        "label_tokens_per_second": None
+        if not ms_per_step
+        else round(tokens_per_step * 1000.0 / ms_per_step, 1),
         "num_parameters": int(model.count_params()),
+        "backend": keras.backend.backend(),
+        "distribute": dist.describe(),
+        **inputs.description,
     }
-    if config.eval_sentences:
-        from apps.translator.evaluate import evaluate_pairs
-
-        scores = evaluate_pairs(translator, splits.val, limit=config.eval_sentences, num_samples=5)
+    scores = inputs.evaluate(run_dir)  # Also proves that the best checkpoint loads.
+    if scores:
         metrics["val_subset_sources"] = scores["num_sources"]
         metrics["val_subset_bleu"] = scores["bleu"]
         metrics["val_subset_chrf"] = scores["chrf"]

@@ -26,7 +26,13 @@ import tensorflow as tf
 from apps.common.config import load_config
 from apps.common.io import atomic_write_bytes
 from apps.common.model_io import ModelLoadError, load_keras_model
-from apps.translator.config import TranslatorConfig
+from apps.translator.config import (  # noqa: F401  (file names re-exported)
+    CONFIG_FILE,
+    MODEL_FILE,
+    SOURCE_VOCAB_FILE,
+    TARGET_VOCAB_FILE,
+    TranslatorConfig,
+)
 from apps.translator.decoding import greedy_decode
 from apps.translator.model import TranslatorLayers
 from apps.translator.vectorization import (
@@ -38,10 +44,6 @@ from apps.translator.vectorization import (
     split_words,
 )
 
-CONFIG_FILE = "config.json"
-SOURCE_VOCAB_FILE = "vocab_source.txt"
-TARGET_VOCAB_FILE = "vocab_target.txt"
-MODEL_FILE = "model.keras"
 SENTENCES_SPEC = tf.TensorSpec([None], tf.string, name="sentences")
 
 

@@ -17,7 +17,8 @@ after `¿ ¡ ( [ { «`, straight double quotes hug the words they enclose:
 `¿ Por qué no cogemos un taxi ?` -> `¿Por qué no cogemos un taxi?`.
 
 Every vocabulary starts with the same four reserved tokens, so the ids below
-hold for source and target alike.
+hold for source and target alike. The token constants, vocabulary-file
+checks and a Python detokeniser live in `tokens.py`, which needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -30,15 +31,22 @@ from pathlib import Path
 import tensorflow as tf
 
 from apps.common.io import atomic_write_text
+from apps.translator.tokens import (  # noqa: F401  (re-exported: the ids are used everywhere)
+    END,
+    END_ID,
+    JOIN_RULES,
+    PAD,
+    PAD_ID,
+    PUNCTUATION,
+    RESERVED_TOKENS,
+    START,
+    START_ID,
+    UNK,
+    UNK_ID,
+    check_tokens,
+    load_tokens,
+)
 
-PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
-RESERVED_TOKENS = (PAD, UNK, START, END)
-PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
-
-# RE2 character classes (tf.strings.regex_replace uses RE2, UTF-8 aware).
-_PUNCTUATION = r'[¿¡?!.,;:"«»()\[\]{}…]'
-_CLOSING = r"[?!.,;:)\]}»…]"
-_OPENING = r"[¿¡(\[{«]"
 # Marks inside a word or number are protected from splitting by swapping in
 # private-use characters: "p.m.", "U.S.", "3.5", "1,000", "10:30".
 _PROTECTED = (
@@ -70,7 +78,7 @@ def split_words(text) -> tf.Tensor | tf.RaggedTensor:
         # Twice, because matches cannot overlap: "1.2.3" needs a second pass.
         for _ in range(2):
             text = tf.strings.regex_replace(text, pattern, r"\1" + placeholder + r"\2")
-    text = tf.strings.regex_replace(text, "(" + _PUNCTUATION + ")", r" \1 ")
+    text = tf.strings.regex_replace(text, "(" + PUNCTUATION + ")", r" \1 ")
     for _, mark, placeholder in _PROTECTED:
         text = tf.strings.regex_replace(text, placeholder, mark)
     return tf.strings.split(text)
@@ -91,10 +99,9 @@ def join_words(words: tf.RaggedTensor) -> tf.Tensor:
         A 1-D string tensor, one sentence per row.
     """
     text = tf.strings.reduce_join(words, axis=-1, separator=" ")
-    text = tf.strings.regex_replace(text, " (" + _CLOSING + ")", r"\1")
-    text = tf.strings.regex_replace(text, "(" + _OPENING + ") ", r"\1")
-    # Straight quotes: `" Hola. "` -> `"Hola."` (pairs, left to right).
-    text = tf.strings.regex_replace(text, '" ([^"]*?) "', r'"\1"')
+    # The same rules as `tokens.join_tokens` (RE2 here, Python's `re` there).
+    for pattern, replacement in JOIN_RULES:
+        text = tf.strings.regex_replace(text, pattern, replacement)
     return text
 
 
@@ -114,23 +121,7 @@ class Vocabulary(tf.Module):
 
     def __init__(self, tokens: Sequence[str], name: str | None = None):
         super().__init__(name=name)
-        tokens = [str(t) for t in tokens]
-        if tuple(tokens[: len(RESERVED_TOKENS)]) != RESERVED_TOKENS:
-            raise ValueError(
-                f"A vocabulary must start with the reserved tokens {list(RESERVED_TOKENS)}. "
-                f"Received: tokens[:4]={tokens[:4]}"
-            )
-        bad = [t for t in tokens if not t or t != t.strip() or any(c.isspace() for c in t)]
-        if bad:
-            raise ValueError(
-                f"Vocabulary tokens must be non-empty words without spaces. Received: {bad[:5]}"
-            )
-        duplicates = [t for t, n in collections.Counter(tokens).items() if n > 1]
-        if duplicates:
-            raise ValueError(
-                f"Vocabulary tokens must be unique. Received duplicates: {duplicates[:5]}"
-            )
-        self.tokens = tuple(tokens)
+        self.tokens = check_tokens(tokens)
         self._id_to_token = tf.constant(self.tokens, dtype=tf.string)
         self._table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
@@ -183,17 +174,7 @@ class Vocabulary(tf.Module):
             FileNotFoundError: the file does not exist.
             ValueError: the file is not a valid vocabulary (the message names it).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"vocabulary file not found: {path}")
-        try:
-            tokens = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError as e:
-            raise ValueError(f"vocabulary file {path} is not UTF-8 text: {e}") from e
-        try:
-            return cls(tokens, name=name)
-        except ValueError as e:
-            raise ValueError(f"vocabulary file {path} is invalid: {e}") from e
+        return cls(load_tokens(path), name=name)
 
     @classmethod
     def from_texts(

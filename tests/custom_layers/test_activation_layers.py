@@ -6,24 +6,8 @@ import pytest
 from keras import ops
 
 from custom_layers.layers.activation_layers import PReLU
+from tests.backend_utils import gradients
 from tests.layer_testing import run_layer_test
-
-
-def gradients(fn, *args):
-    """Gradients of `sum(fn(*args))` with respect to every argument, on the active backend."""
-    if keras.backend.backend() == "jax":
-        import jax
-
-        grad_fn = jax.grad(lambda *a: ops.sum(fn(*a)), argnums=tuple(range(len(args))))
-        return [np.asarray(g) for g in grad_fn(*args)]
-    import tensorflow as tf
-
-    tensors = [tf.constant(a) for a in args]
-    with tf.GradientTape() as tape:
-        for t in tensors:
-            tape.watch(t)
-        total = tf.reduce_sum(fn(*tensors))
-    return [g.numpy() for g in tape.gradient(total, tensors)]
 
 
 def prelu_reference(x, alpha):

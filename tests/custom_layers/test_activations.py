@@ -6,32 +6,9 @@ import pytest
 from keras import ops
 
 from custom_layers import activations
+from tests.backend_utils import value_and_grad
 
 BACKEND = keras.backend.backend()
-
-
-def value_and_grad(fn, x):
-    """Value of `fn(x)` and gradient of `sum(fn(x))` with respect to `x`, as NumPy arrays."""
-    x = np.asarray(x, dtype="float32")
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.convert_to_tensor(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = fn(x)
-            total = ops.sum(y)
-        return ops.convert_to_numpy(y), ops.convert_to_numpy(tape.gradient(total, x))
-    if BACKEND == "jax":
-        import jax
-
-        def total(v):
-            y = fn(v)
-            return ops.sum(y), y
-
-        (_, y), grad = jax.value_and_grad(total, has_aux=True)(x)
-        return np.asarray(y), np.asarray(grad)
-    pytest.skip(f"no gradient helper for the {BACKEND} backend")
 
 
 def _np_sigmoid(x):

@@ -8,34 +8,11 @@ import pytest
 from keras import ops
 
 from custom_layers import losses
+from tests.backend_utils import value_and_grad
 
 BACKEND = keras.backend.backend()
 EPS = 1e-7  # keras.config.epsilon()
 REDUCTIONS = ["sum_over_batch_size", "sum", "mean", "mean_with_sample_weight", "none"]
-
-
-def value_and_grad(fn, y_pred):
-    """`fn(y_pred)` and the gradient of its sum with respect to `y_pred`, as NumPy arrays."""
-    y_pred = np.asarray(y_pred, dtype="float32")
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        y_pred = tf.convert_to_tensor(y_pred)
-        with tf.GradientTape() as tape:
-            tape.watch(y_pred)
-            value = fn(y_pred)
-            total = ops.sum(value)
-        return ops.convert_to_numpy(value), ops.convert_to_numpy(tape.gradient(total, y_pred))
-    if BACKEND == "jax":
-        import jax
-
-        def total(v):
-            value = fn(v)
-            return ops.sum(value), value
-
-        (_, value), grad = jax.value_and_grad(total, has_aux=True)(y_pred)
-        return np.asarray(value), np.asarray(grad)
-    pytest.skip(f"no gradient helper for the {BACKEND} backend")
 
 
 def to_numpy(x):

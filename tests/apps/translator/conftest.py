@@ -7,6 +7,7 @@ trained model (decoding equality, export, CLI).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -89,3 +90,14 @@ def tiny_run(tmp_path_factory, spa_splits):
     config = dataclasses.replace(tiny(), epochs=3, eval_sentences=40)
     metrics = train(config, run_dir=run_dir, splits=small, verbose=0)
     return run_dir, metrics
+
+
+def write_pairs_file(path: Path, pairs) -> Path:
+    """Writes pairs as a `spa.txt`-style file (`English<TAB>Spanish` lines); returns the path."""
+    path.write_text("".join(f"{p.english}\t{p.spanish}\n" for p in pairs), encoding="utf-8")
+    return path
+
+
+def corpus_slice(splits: Splits, train: int, val: int, test: int, step: int = 1) -> list:
+    """Every `step`-th pair of each split, up to the counts given (the corpus is sorted by length)."""
+    return splits.train[::step][:train] + splits.val[::step][:val] + splits.test[::step][:test]

@@ -1,0 +1,245 @@
+"""`apps.common.distribute`: TF_CONFIG checks, backend checks, worker folders, scopes.
+
+The end-to-end cases (two logical CPU devices, two JAX devices, two workers on
+127.0.0.1) train the medical app in `tests/apps/medical_cnn/test_distribute.py`.
+Here: the pieces, and `distribution_scope` on a plain Keras model under JAX data
+parallelism (two fake CPU devices, in a fresh process).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from apps.common.distribute import (
+    ClusterConfig,
+    Distribution,
+    distribution_scope,
+    get_distribution,
+    parse_tf_config,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+TWO_WORKERS = {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]}
+
+
+def _tf_config(cluster=None, task_type="worker", index=0):
+    return json.dumps(
+        {"cluster": cluster or TWO_WORKERS, "task": {"type": task_type, "index": index}}
+    )
+
+
+def test_parse_tf_config_workers_and_chief():
+    second = parse_tf_config(_tf_config(index=1))
+    assert second == ClusterConfig(TWO_WORKERS, "worker", 1)
+    assert second.num_workers == 2 and not second.is_chief
+    assert parse_tf_config(_tf_config(index=0)).is_chief  # worker 0 leads without a chief
+    cluster = {"chief": ["10.0.0.1:2222"], "worker": ["10.0.0.2:2222", "10.0.0.3:2222"]}
+    chief = parse_tf_config(_tf_config(cluster, "chief", 0))
+    assert chief.is_chief and chief.num_workers == 3
+    assert not parse_tf_config(_tf_config(cluster, "worker", 0)).is_chief
+
+
+def test_parse_tf_config_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", _tf_config(index=1))
+    assert parse_tf_config().task_index == 1
+    monkeypatch.delenv("TF_CONFIG")
+    with pytest.raises(ValueError, match="TF_CONFIG is not set.*docs/distributed.md"):
+        parse_tf_config()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "TF_CONFIG is not set"),
+        ("{cluster:", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        (json.dumps({"task": {"type": "worker", "index": 0}}), "no 'cluster' object"),
+        (json.dumps({"cluster": TWO_WORKERS}), "no 'task' object"),
+        (_tf_config({"worker": ["127.0.0.1"]}), r"'127.0.0.1', which is not 'host:port'"),
+        (_tf_config({"worker": ["host:99999"]}), "not 'host:port'"),
+        (_tf_config({"worker": []}), "not a non-empty list"),
+        (_tf_config({"ps": ["h:1"]}, "ps"), "no 'chief' or 'worker' tasks"),
+        (_tf_config(TWO_WORKERS, "evaluator"), "task type 'evaluator' is not one of"),
+        (_tf_config(TWO_WORKERS, "worker", 2), "task index 2 is out of range for the 2"),
+        (_tf_config(TWO_WORKERS, "worker", -1), "task index -1 is out of range"),
+        (_tf_config(TWO_WORKERS, "worker", True), "task index True is out of range"),
+        (_tf_config({"chief": ["a:1", "b:1"], "worker": ["c:1"]}), "more than one 'chief'"),
+    ],
+)
+def test_parse_tf_config_rejects_bad_values(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_tf_config(text)
+
+
+def test_get_distribution_rejects_unknown_names_and_wrong_backends(monkeypatch):
+    with pytest.raises(ValueError, match="distribute must be one of none, mirrored, multiworker"):
+        get_distribution("horovod")
+    with pytest.raises(ValueError, match="multiworker .* needs KERAS_BACKEND=tensorflow"):
+        get_distribution("multiworker", backend="jax")
+    with pytest.raises(ValueError, match="needs the tensorflow or jax backend .*torch"):
+        get_distribution("mirrored", backend="torch")
+    # Checked before any strategy is created (which could not be undone in this process).
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG is not set"):
+        get_distribution("multiworker", backend="tensorflow")
+
+
+def test_none_is_a_plain_single_device_run(tmp_path):
+    dist = get_distribution("none", backend="torch")  # every backend
+    assert dist.strategy is None and dist.num_replicas == 1 and dist.is_chief
+    assert dist.work_dir(tmp_path) == tmp_path
+    dist.check_batch_size(7)
+    with dist.scope():
+        pass
+    dist.release_work_dir(tmp_path)  # never removes a chief's run directory
+    assert tmp_path.is_dir()
+    assert dist.describe() == {
+        "strategy": "none",
+        "backend": "torch",
+        "num_replicas": 1,
+        "num_workers": 1,
+    }
+
+
+def test_worker_dirs_are_scratch_folders_per_run_and_role(tmp_path):
+    def worker(index):
+        cluster = parse_tf_config(_tf_config(index=index))
+        return Distribution("multiworker", "tensorflow", None, 2, cluster)
+
+    run_dir = tmp_path / "run"
+    assert worker(0).work_dir(run_dir) == run_dir  # the chief
+    scratch = worker(1).work_dir(run_dir)
+    assert scratch.is_relative_to(tempfile.gettempdir()) and scratch != run_dir
+    assert worker(1).work_dir(run_dir) == scratch  # found again after a restart
+    assert worker(1).work_dir(tmp_path / "other") != scratch
+    assert worker(1).describe()["task"] == "worker:1"
+    scratch.mkdir(parents=True)
+    (scratch / "history.csv").write_text("epoch\n")
+    worker(1).release_work_dir(scratch)
+    assert not scratch.exists()
+
+
+def test_batch_size_must_split_evenly_only_on_jax():
+    jax_two = Distribution("mirrored", "jax", None, num_replicas=2)
+    jax_two.check_batch_size(64)
+    assert jax_two.batch_multiple == 2
+    with pytest.raises(ValueError, match="batch_size=63 cannot be split evenly over the 2"):
+        jax_two.check_batch_size(63)
+    tf_two = Distribution("mirrored", "tensorflow", None, num_replicas=2)
+    tf_two.check_batch_size(63)  # tf.distribute splits uneven batches itself
+    assert tf_two.batch_multiple == 1
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow strategies")
+def test_prepare_tf_dataset_shards_by_data_with_several_workers():
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.range(8).batch(4)
+    assert Distribution("mirrored", "tensorflow").prepare_tf_dataset(dataset) is dataset
+    cluster = parse_tf_config(_tf_config(index=1))
+    sharded = Distribution("multiworker", "tensorflow", None, 2, cluster).prepare_tf_dataset(
+        dataset
+    )
+    policy = sharded.options().experimental_distribute.auto_shard_policy
+    assert policy == tf.data.experimental.AutoShardPolicy.DATA
+    assert [b.tolist() for b in sharded.as_numpy_iterator()] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow strategies")
+def test_mirrored_scope_on_tensorflow_builds_mirrored_variables():
+    import tensorflow as tf
+
+    with distribution_scope("mirrored") as dist:
+        assert tf.distribute.has_strategy() and tf.distribute.get_strategy() is dist.strategy
+        assert isinstance(dist.strategy, tf.distribute.MirroredStrategy)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        model.compile("sgd", "mse")
+    assert not tf.distribute.has_strategy()
+    assert model.distribute_strategy is dist.strategy
+    assert dist.num_replicas == len(tf.config.list_logical_devices("CPU"))
+    assert get_distribution("mirrored").strategy is dist.strategy  # made once per process
+
+
+# Under KERAS_BACKEND=jax with two fake CPU devices.
+JAX_SCRIPT = r"""
+import json, sys
+
+import keras
+import numpy as np
+
+from apps.common.distribute import distribution_scope
+
+x = np.random.default_rng(0).normal(size=(64, 5)).astype("float32")
+y = (x[:, :1] > 0).astype("float32")
+
+
+def fit(name):
+    keras.utils.set_random_seed(3)
+    with distribution_scope(name) as dist:
+        dist.check_batch_size(16)
+        model = keras.Sequential(
+            [keras.Input((5,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+        )
+        model.compile(keras.optimizers.Adam(0.01), "mse")
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        devices = len(model.weights[0].value.sharding.device_set)
+    return dist, devices, [np.asarray(w).tolist() for w in model.weights]
+
+
+one, one_devices, one_weights = fit("none")
+two, two_devices, two_weights = fit("mirrored")
+errors = {}
+for name, batch in (("multiworker", 16), ("mirrored", 15)):
+    try:
+        with distribution_scope(name) as dist:
+            dist.check_batch_size(batch)
+    except ValueError as e:
+        errors[name] = str(e)
+json.dump(
+    {
+        "replicas": [one.num_replicas, two.num_replicas],
+        "strategy": type(two.strategy).__name__,
+        "variable_devices": [one_devices, two_devices],
+        "weights": [one_weights, two_weights],
+        "errors": errors,
+        "distribution_after": keras.distribution.distribution() is None,
+    },
+    open(sys.argv[1], "w"),
+)
+"""
+
+
+def test_data_parallel_on_two_jax_devices_matches_one_device(tmp_path):
+    script, out = tmp_path / "jax_dp.py", tmp_path / "out.json"
+    script.write_text(JAX_SCRIPT)
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["replicas"] == [1, 2] and result["strategy"] == "DataParallel"
+    assert result["variable_devices"] == [1, 2]  # replicated on both devices
+    assert result["distribution_after"]  # the scope restores "no distribution"
+    for a, b in zip(*result["weights"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    assert "needs KERAS_BACKEND=tensorflow" in result["errors"]["multiworker"]
+    assert "batch_size=15 cannot be split evenly over the 2" in result["errors"]["mirrored"]
