@@ -60,16 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model into a run directory")
     add_common_train_args(train, presets=PRESETS, default_preset="default")
-    # Without --preset, --prepared trains with the config the data was prepared with.
+    # None: `default`, or with --prepared the config the data was prepared with.
     train.set_defaults(preset=None)
-    for action in train._actions:
-        if action.dest == "preset":
-            action.help = "named configuration (default: default; with --prepared, its preset)"
     train.add_argument(
         "--prepared",
         type=Path,
         default=None,
-        help="train from a folder written by 'translator prepare' (no TensorFlow needed)",
+        help="train from a folder written by 'translator prepare' (no TensorFlow needed); "
+        "without --preset, with the preset it was prepared with",
     )
     train.add_argument(
         "--distribute",

@@ -376,8 +376,7 @@ class ArrayBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return len(self._plan)
 
-    def __getitem__(self, index):
-        bucket, rows = self._plan[index]
+    def _batch(self, bucket: int, rows: np.ndarray):
         width = int(self._widths[bucket])
         batch = []
         for array in self.arrays:
@@ -387,23 +386,32 @@ class ArrayBatches(keras.utils.PyDataset):
         source, decoder, labels = batch
         return {SOURCE_INPUT: source, DECODER_INPUT: decoder}, labels
 
+    def __getitem__(self, index):
+        return self._batch(*self._plan[index])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Switches to epoch `epoch`'s order (a pure function of `seed` and `epoch`)."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._plan = self._make_plan()
+
     def on_epoch_end(self):
-        self.epoch += 1
-        self._plan = self._make_plan()
+        self.set_epoch(self.epoch + 1)
 
     def as_tf_dataset(self):
         """The same batches as a `tf.data.Dataset` (for `tf.distribute` strategies).
 
         Keras would also convert this `PyDataset` itself, but it guesses the
         batch shapes from the first few batches; widths vary by bucket, so the
-        signature is given here.
+        signature is given here. Each pass yields the order of the current
+        `epoch`, fixed when the pass starts; keep `epoch` on Keras's epoch
+        with the `FollowEpochs` callback.
         """
         import tensorflow as tf
 
         def one_epoch():
-            for i in range(len(self)):
-                yield self[i]
-            self.on_epoch_end()
+            for bucket, rows in self._plan:
+                yield self._batch(bucket, rows)
 
         spec = tf.TensorSpec((self.batch_size, None), tf.int32)
         ds = tf.data.Dataset.from_generator(
@@ -411,6 +419,24 @@ class ArrayBatches(keras.utils.PyDataset):
         )
         ds = ds.apply(tf.data.experimental.assert_cardinality(len(self)))
         return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class FollowEpochs(keras.callbacks.Callback):
+    """Sets `ArrayBatches` to Keras's epoch number at the start of every epoch.
+
+    So each epoch's order depends only on the seed and the epoch: also when a
+    run resumes at a later epoch (`BackupAndRestore`), when the batches were
+    handed to Keras as a `tf.data.Dataset`, and when Keras draws a batch before
+    training to build the model under a `tf.distribute` strategy.
+    """
+
+    def __init__(self, *batches: ArrayBatches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for batches in self.batches:
+            batches.set_epoch(epoch)
 
 
 # --------------------------------------------------------------------------- evaluation

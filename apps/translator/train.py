@@ -221,6 +221,7 @@ class _Inputs(NamedTuple):
     # fn(run_dir) -> BLEU/chrF dict of the saved best model on validation sentences.
     evaluate: Callable[[Path], dict]
     description: dict
+    callbacks: tuple = ()
 
 
 def _text_inputs(config, data, splits, run_dir: Path, dist: Distribution) -> _Inputs:
@@ -310,6 +311,7 @@ def _prepared_inputs(config, prepared, run_dir: Path, dist: Distribution) -> _In
     )
     val_batches = prepared_lib.ArrayBatches(val_split, **batch_args)
     steps = len(train_batches)
+    follow_epochs = prepared_lib.FollowEpochs(train_batches)
     if keras.backend.backend() == "tensorflow":
         # tf.distribute strategies shard tf.data datasets (by data across workers).
         train_batches = dist.prepare_tf_dataset(train_batches.as_tf_dataset())
@@ -333,6 +335,7 @@ def _prepared_inputs(config, prepared, run_dir: Path, dist: Distribution) -> _In
         len(prepared.target_tokens),
         evaluate,
         {"data": "prepared", "prepared": str(prepared.path)},
+        (follow_epochs,),
     )
 
 
@@ -395,7 +398,7 @@ def train(
 
     timer = StepTimer()
     callbacks = standard_callbacks(work_dir, monitor=MONITOR, mode="min", patience=config.patience)
-    callbacks.append(timer)
+    callbacks += [*inputs.callbacks, timer]
     budget = None
     if config.time_budget_minutes is not None:
         budget = TimeBudget(config.time_budget_minutes)

@@ -49,3 +49,12 @@ def test_failed_write_removes_temp_file(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_bytes(path, "not bytes")  # write() of a str to a binary file fails
     assert os.listdir(tmp_path) == []
+
+
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
+    from apps.common.io import atomic_write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    written = atomic_write_text(tmp_path / "atomic.txt", "x")
+    assert (written.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)

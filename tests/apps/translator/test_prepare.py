@@ -12,7 +12,13 @@ import tensorflow as tf
 from apps.common.config import config_to_dict
 from apps.translator.cli import main
 from apps.translator.config import tiny
-from apps.translator.data import encode_pairs, group_references, make_dataset, split_pairs
+from apps.translator.data import (
+    encode_pairs,
+    group_references,
+    make_dataset,
+    read_pairs,
+    split_pairs,
+)
 from apps.translator.evaluate import evaluate_pairs
 from apps.translator.model import DECODER_INPUT, SOURCE_INPUT, build_model
 from apps.translator.prepared import ArrayBatches, PreparedSplit, load_prepared, prepare
@@ -36,6 +42,10 @@ def prepared_dir(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared") / "tiny"
     prepare(CONFIG, out, data=corpus, preset="tiny")
     return out
+
+
+def split_pairs_of(corpus):
+    return split_pairs(read_pairs(corpus))
 
 
 def _rows(*arrays):
@@ -71,8 +81,10 @@ def test_prepare_writes_arrays_vocabularies_references_and_manifest(corpus, prep
         np.testing.assert_array_equal(split.decoder_tokens, decoder)
         np.testing.assert_array_equal(split.labels, labels)
         assert (split.decoder_tokens[:, 0] == START_ID).all()
+        # Teacher forcing: the decoder input is the labels shifted right by one.
+        shifted = np.where(split.labels[:, :-1] == END_ID, PAD_ID, split.labels[:, :-1])
+        np.testing.assert_array_equal(split.decoder_tokens[:, 1:], shifted)
         real = split.labels != PAD_ID
-        np.testing.assert_array_equal(split.decoder_tokens[:, 1:][real[:, :-1]], split.labels[:, :-1][real[:, :-1]])
         ends = real.sum(axis=1) - 1
         assert (split.labels[np.arange(len(split)), ends] == END_ID).all()
         counts = manifest["splits"][name]
@@ -85,12 +97,6 @@ def test_prepare_writes_arrays_vocabularies_references_and_manifest(corpus, prep
             np.testing.assert_array_equal(
                 split.sources, expected[:, :10].to_tensor(shape=[None, 10]).numpy()
             )
-
-
-def split_pairs_of(corpus):
-    from apps.translator.data import read_pairs
-
-    return split_pairs(read_pairs(corpus))
 
 
 def test_array_batches_are_the_tf_data_batches(corpus, prepared_dir):
@@ -109,7 +115,12 @@ def test_array_batches_are_the_tf_data_batches(corpus, prepared_dir):
         assert x[SOURCE_INPUT].shape == x[DECODER_INPUT].shape == y.shape
         assert y.shape[0] == 32  # Short batches are filled up with all-[PAD] rows.
         keep = (y != PAD_ID).any(axis=1)
-        got.append((y.shape[1], tuple(sorted(_rows(x[SOURCE_INPUT][keep], x[DECODER_INPUT][keep], y[keep])))))
+        got.append(
+            (
+                y.shape[1],
+                tuple(sorted(_rows(x[SOURCE_INPUT][keep], x[DECODER_INPUT][keep], y[keep]))),
+            )
+        )
     assert len({width for width, _ in got}) > 1  # Several length buckets.
     assert sorted(got) == expected
 
@@ -118,7 +129,10 @@ def test_array_batches_shuffle_reproducibly_and_differently_each_epoch(prepared_
     split = load_prepared(prepared_dir).split("train")
 
     def epoch_rows(batches):
-        return [batches[i][1][:, 0].tolist() + batches[i][1].sum(axis=1).tolist() for i in range(len(batches))]
+        return [
+            batches[i][1][:, 0].tolist() + batches[i][1].sum(axis=1).tolist()
+            for i in range(len(batches))
+        ]
 
     a = ArrayBatches(split, 32, 10, shuffle=True, seed=3)
     b = ArrayBatches(split, 32, 10, shuffle=True, seed=3)
@@ -128,9 +142,19 @@ def test_array_batches_shuffle_reproducibly_and_differently_each_epoch(prepared_
     second = epoch_rows(a)
     assert second != first and len(second) == len(first)
     # Every pair is seen once per epoch.
-    labels = np.concatenate([a[i][1] for i in range(len(a))])
+    labels = np.concatenate(
+        [np.pad(a[i][1], [(0, 0), (0, 10 - a[i][1].shape[1])]) for i in range(len(a))]
+    )
     labels = labels[(labels != PAD_ID).any(axis=1)]
     assert sorted(map(tuple, labels.tolist())) == sorted(map(tuple, split.labels.tolist()))
+    # The order is a function of (seed, epoch) alone, and the tf.data form yields it too.
+    b.set_epoch(1)
+    assert epoch_rows(b) == second
+    from_tf = [(x[SOURCE_INPUT], y) for x, y in b.as_tf_dataset().as_numpy_iterator()]
+    assert len(from_tf) == len(b)
+    for (source, labels), i in zip(from_tf, range(len(b)), strict=True):
+        np.testing.assert_array_equal(source, b[i][0][SOURCE_INPUT])
+        np.testing.assert_array_equal(labels, b[i][1])
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         ArrayBatches(split, 0, 10)
 
@@ -153,13 +177,14 @@ def test_padding_rows_change_neither_loss_nor_gradients():
         }
         with tf.GradientTape() as tape:
             loss = model.loss(np.concatenate([labels, fill]), model(x, training=True))
-        return float(loss), tape.gradient(loss, model.trainable_weights)
+        grads = tape.gradient(loss, model.trainable_weights)
+        return float(loss), [tf.convert_to_tensor(g).numpy() for g in grads]
 
     loss, grads = loss_and_gradients(0)
     filled_loss, filled_grads = loss_and_gradients(5)
     assert filled_loss == pytest.approx(loss, rel=1e-6)
     for g, f in zip(grads, filled_grads, strict=True):
-        np.testing.assert_allclose(np.asarray(f), np.asarray(g), atol=1e-6)
+        np.testing.assert_allclose(f, g, atol=1e-6)
 
 
 def test_training_from_prepared_arrays_on_tensorflow(corpus, prepared_dir, tmp_path):
@@ -217,11 +242,24 @@ def test_cli_prepare_and_train_errors(corpus, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["splits"]["train"]["pairs"] == 300 and printed["preset"] == "tiny"
     assert load_prepared(out).config.max_train_pairs == 300
-    both = ["train", "--prepared", str(out), "--data", str(corpus), "--run-dir", str(tmp_path / "r")]
+    both = [
+        "train",
+        "--prepared",
+        str(out),
+        "--data",
+        str(corpus),
+        "--run-dir",
+        str(tmp_path / "r"),
+    ]
     assert main(both) == 2
     assert "error: pass --data CORPUS or --prepared DIR, not both" in capsys.readouterr().err
     assert main(["train", "--prepared", str(tmp_path / "nope")]) == 2
     assert "error: prepared data folder not found" in capsys.readouterr().err
     # --preset tiny without --max-train-pairs 300 does not tokenise like this folder.
-    assert main(["train", "--prepared", str(out), "--preset", "tiny", "--run-dir", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            ["train", "--prepared", str(out), "--preset", "tiny", "--run-dir", str(tmp_path / "r")]
+        )
+        == 2
+    )
     assert "max_train_pairs=None (prepared with 300)" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from apps.translator.tokens import ids_to_text
 from apps.translator.vectorization import (
     END_ID,
     PAD_ID,
@@ -193,3 +194,23 @@ def test_invalid_vocabularies_raise(tmp_path):
     bad.write_text("hello\nworld\n", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.txt is invalid"):
         Vocabulary.load(bad)
+
+
+def test_python_detokeniser_matches_the_graph_one(spa_eng_zip):
+    # `tokens.ids_to_text` (NumPy-only processes, e.g. training under JAX) and
+    # `Vocabulary.decode` (the exported graph) must write the same strings.
+    with zipfile.ZipFile(spa_eng_zip) as zf:
+        lines = zf.read("spa-eng/spa.txt").decode("utf-8").splitlines()[::60]
+    spanish = [line.split("\t")[1] for line in lines]
+    vocab = Vocabulary.from_texts(spanish, max_size=3000)
+    ids = pad_batch(vocab.encode(spanish), 40).numpy()
+    # Also random rows: marks in every order, [UNK], and [END]/[START]/[PAD] anywhere.
+    rng = np.random.default_rng(0)
+    marks = [
+        vocab.tokens.index(m) for m in ("¿", "?", "¡", "!", '"', ",", ".") if m in vocab.tokens
+    ]
+    noise = rng.choice([PAD_ID, UNK_ID, START_ID, END_ID, *marks, *range(4, 60)], (500, 12))
+    for batch in (ids, noise.astype("int32")):
+        expected = [t.decode("utf-8") for t in vocab.decode(batch).numpy()]
+        assert [ids_to_text(row, vocab.tokens) for row in batch] == expected
+    assert len(marks) == 7 and len(set(expected)) > 400
