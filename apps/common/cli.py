@@ -81,7 +81,7 @@ def add_common_train_args(
         choices=sorted(presets) if presets is not None else None,
         help=f"named configuration (default: {default_preset})",
     )
-    parser.add_argument("--epochs", type=_positive_int, default=None, help="override epochs")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override epochs")
     parser.add_argument(
         "--run-dir",
         type=Path,
@@ -92,7 +92,7 @@ def add_common_train_args(
     return parser
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:

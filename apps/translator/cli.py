@@ -24,22 +24,12 @@ from pathlib import Path
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from apps.common.cli import CliError, add_common_train_args, run_cli
+from apps.common.cli import CliError, add_common_train_args, positive_int, run_cli
 from apps.common.distribute import STRATEGIES
 from apps.common.io import atomic_write_text
 from apps.translator.config import PRESETS
 
 APP_NAME = "translator"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--data", type=Path, default=None, help="local corpus (zip or spa.txt)")
     prepare.add_argument("--preset", choices=sorted(PRESETS), default="default")
     prepare.add_argument(
-        "--max-train-pairs", type=_positive_int, default=None, help="keep only the first N pairs"
+        "--max-train-pairs", type=positive_int, default=None, help="keep only the first N pairs"
     )
 
     train = sub.add_parser("train", help="train a model into a run directory")
@@ -77,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         "see docs/distributed.md",
     )
     train.add_argument(
-        "--max-train-pairs", type=_positive_int, default=None, help="use only the first N pairs"
+        "--max-train-pairs", type=positive_int, default=None, help="use only the first N pairs"
     )
     train.add_argument(
         "--time-budget-minutes", type=float, default=None, help="stop training after this long"
@@ -90,16 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pairs", type=Path, default=None, help="English<TAB>Spanish file")
     evaluate.add_argument("--output", type=Path, default=None, help="JSON path")
     evaluate.add_argument(
-        "--limit", type=_positive_int, default=None, help="N evenly spaced sources only"
+        "--limit", type=positive_int, default=None, help="N evenly spaced sources only"
     )
-    evaluate.add_argument("--batch-size", type=_positive_int, default=64)
+    evaluate.add_argument("--batch-size", type=positive_int, default=64)
 
     translate = sub.add_parser("translate", help="translate sentences")
     translate.add_argument("text", nargs="*", help="sentences (default: one per line on stdin)")
     translate.add_argument("--model", type=Path, default=None, help="run directory or export")
     translate.add_argument("--input", type=Path, default=None, help="file, one sentence per line")
     translate.add_argument("--output", type=Path, default=None, help="write translations here")
-    translate.add_argument("--batch-size", type=_positive_int, default=64)
+    translate.add_argument("--batch-size", type=positive_int, default=64)
     translate.add_argument(
         "--attention-plot", type=Path, default=None, help="folder for cross-attention PNGs"
     )
@@ -113,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", type=Path, required=True, help="run directory")
     export.add_argument("--base", type=Path, default=Path("saved_models") / APP_NAME)
     export.add_argument(
-        "--keep", type=_positive_int, default=None, help="keep the K newest versions"
+        "--keep", type=positive_int, default=None, help="keep the K newest versions"
     )
     return parser
 
