@@ -49,3 +49,22 @@ def gradients(fn, *args):
             total = tf.reduce_sum(fn(*tensors))
         return [g.numpy() for g in tape.gradient(total, tensors)]
     pytest.skip(f"no gradient helper for the {backend} backend")
+
+
+# Prepended to scripts that a test runs in a subprocess to play a machine without TensorFlow:
+# a meta-path finder that makes every `import tensorflow` (and TFDS) fail. Imports `json`, `sys`.
+BLOCK_TENSORFLOW = r"""
+import importlib.abc, json, sys
+
+BLOCKED = ("tensorflow", "tensorflow_datasets")
+
+
+class BlockTensorFlow(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+
+sys.meta_path.insert(0, BlockTensorFlow())
+"""

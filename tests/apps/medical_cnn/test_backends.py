@@ -23,6 +23,7 @@ from apps.medical_cnn import data as data_lib
 from apps.medical_cnn.export import export
 from apps.medical_cnn.train import train
 from tests.apps.medical_cnn.conftest import tiny_config
+from tests.backend_utils import BLOCK_TENSORFLOW
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -34,20 +35,9 @@ pytestmark = pytest.mark.skipif(
 
 # Runs under KERAS_BACKEND=jax. A meta-path finder that raises for TensorFlow
 # modules makes every `import tensorflow` fail, as on a machine without it.
-JAX_SCRIPT = r"""
-import importlib.abc, json, sys
-
-BLOCKED = ("tensorflow", "tensorflow_datasets")
-
-
-class BlockTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-        return None
-
-
-sys.meta_path.insert(0, BlockTensorFlow())
+JAX_SCRIPT = (
+    BLOCK_TENSORFLOW
+    + r"""
 
 import numpy as np
 import keras
@@ -75,6 +65,7 @@ report = {
 with open(f"{out}/report.json", "w") as f:
     json.dump(report, f)
 """
+)
 
 
 def write_slice(source, path, n_train, n_val):

@@ -36,6 +36,7 @@ from apps.translator.train import train
 from apps.translator.translate import ExportedTranslator, Translator
 from apps.translator.vectorization import count_words
 from tests.apps.translator.conftest import write_pairs_file
+from tests.backend_utils import BLOCK_TENSORFLOW
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
@@ -46,20 +47,9 @@ pytestmark = pytest.mark.skipif(
 
 # Runs under KERAS_BACKEND=jax. A meta-path finder that raises for TensorFlow
 # modules makes every `import tensorflow` fail, as on a machine without it.
-JAX_SCRIPT = r"""
-import importlib.abc, json, sys
-
-BLOCKED = ("tensorflow", "tensorflow_datasets")
-
-
-class BlockTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-        return None
-
-
-sys.meta_path.insert(0, BlockTensorFlow())
+JAX_SCRIPT = (
+    BLOCK_TENSORFLOW
+    + r"""
 
 import keras
 import numpy as np
@@ -92,6 +82,7 @@ report = {
 with open(f"{out}/report.json", "w") as f:
     json.dump(report, f)
 """
+)
 
 
 def subprocess_env(backend, **extra):
