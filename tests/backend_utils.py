@@ -1,5 +1,12 @@
 """Backend-neutral gradient helpers for tests (TensorFlow: GradientTape; JAX: jax.grad)."""
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -68,3 +75,74 @@ class BlockTensorFlow(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, BlockTensorFlow())
 """
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(backend, **extra):
+    """Environment for a child Python process on `backend` that can import this project."""
+    env = dict(os.environ)
+    env.update(
+        KERAS_BACKEND=backend,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]),
+        **extra,
+    )
+    return env
+
+
+def free_loopback_ports(n):
+    """`n` distinct free TCP ports on 127.0.0.1 (bound to port 0, then released)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_tensorflow_workers(script_text, worker_args, tmp_path, timeout):
+    """Runs one `MultiWorkerMirroredStrategy` worker process per entry of `worker_args`.
+
+    Each worker runs `script_text` with its arguments, on 127.0.0.1 ports only,
+    with its own `TF_CONFIG` and temporary folder. Every worker is killed if any
+    one does not finish within `timeout` seconds. Asserts each exits with 0.
+
+    Returns:
+        The combined stdout/stderr of each worker.
+    """
+    script = Path(tmp_path) / "worker.py"
+    script.write_text(script_text)
+    ports = free_loopback_ports(len(worker_args))
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    procs = []
+    try:
+        for index, args in enumerate(worker_args):
+            scratch = Path(tmp_path) / f"tmp{index}"  # each worker's tempfile.gettempdir()
+            scratch.mkdir()
+            tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            env = subprocess_env("tensorflow", TF_CONFIG=json.dumps(tf_config), TMPDIR=str(scratch))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(script), *map(str, args)],
+                    env=env,
+                    cwd=tmp_path,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            )
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-4000:]
+    return logs

@@ -9,10 +9,8 @@ model for TF Serving with the unchanged export path.
 """
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -23,9 +21,8 @@ from apps.medical_cnn import data as data_lib
 from apps.medical_cnn.export import export
 from apps.medical_cnn.train import train
 from tests.apps.medical_cnn.conftest import tiny_config
-from tests.backend_utils import BLOCK_TENSORFLOW
+from tests.backend_utils import BLOCK_TENSORFLOW, subprocess_env
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 pytestmark = pytest.mark.skipif(
@@ -79,17 +76,6 @@ def write_slice(source, path, n_train, n_val):
             val_labels=d["val_labels"][:n_val],
         )
     return path
-
-
-def subprocess_env(backend, **extra):
-    env = dict(os.environ)
-    env.update(
-        KERAS_BACKEND=backend,
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]),
-        **extra,
-    )
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ Why the compared configs are what they are (see docs/distributed.md):
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -28,7 +27,8 @@ import numpy as np
 import pytest
 
 from apps.common.model_io import load_keras_model
-from tests.apps.medical_cnn.test_backends import subprocess_env, write_slice
+from tests.apps.medical_cnn.test_backends import write_slice
+from tests.backend_utils import run_tensorflow_workers, subprocess_env
 
 # Shared by the scripts below: the tiny preset on a data slice, and a callback
 # that saves every weight at the end of each epoch to OUT/<name>-epoch<k>.npz.
@@ -202,52 +202,12 @@ def test_jax_data_parallel_two_devices_matches_one_device(pneumoniamnist_npz, tm
     assert metrics["distribute"]["num_replicas"] == 2 and metrics["backend"] == "jax"
 
 
-def _free_loopback_ports(n):
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def test_multiworker_two_processes_end_with_identical_weights(pneumoniamnist_npz, tmp_path):
     data = write_slice(pneumoniamnist_npz, tmp_path / "slice.npz", 512, 128)
     run_dir, out = tmp_path / "run", tmp_path / "out"
     out.mkdir()
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER_SCRIPT)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_loopback_ports(2)]}
-    procs = []
-    try:
-        for index in range(2):
-            scratch = tmp_path / f"tmp{index}"  # each worker's tempfile.gettempdir()
-            scratch.mkdir()
-            tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-            env = subprocess_env("tensorflow", TF_CONFIG=json.dumps(tf_config), TMPDIR=str(scratch))
-            args = [data, run_dir, out, f"worker{index}"]
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, str(script), *map(str, args)],
-                    env=env,
-                    cwd=tmp_path,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
-            )
-        logs = [p.communicate(timeout=150)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-4000:]
+    worker_args = [[data, run_dir, out, f"worker{index}"] for index in range(2)]
+    run_tensorflow_workers(WORKER_SCRIPT, worker_args, tmp_path, timeout=150)
     _assert_same_weights(_weights(out, "worker0", 0), _weights(out, "worker1", 0), atol=0)
     # The chief (worker 0) wrote the run directory; worker 1 wrote a scratch folder
     # of its own, removed at the end.

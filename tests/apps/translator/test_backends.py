@@ -15,10 +15,8 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -36,9 +34,7 @@ from apps.translator.train import train
 from apps.translator.translate import ExportedTranslator, Translator
 from apps.translator.vectorization import count_words
 from tests.apps.translator.conftest import write_pairs_file
-from tests.backend_utils import BLOCK_TENSORFLOW
-
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+from tests.backend_utils import BLOCK_TENSORFLOW, subprocess_env
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -83,17 +79,6 @@ with open(f"{out}/report.json", "w") as f:
     json.dump(report, f)
 """
 )
-
-
-def subprocess_env(backend, **extra):
-    env = dict(os.environ)
-    env.update(
-        KERAS_BACKEND=backend,
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")]),
-        **extra,
-    )
-    return env
 
 
 def short_pairs(pairs, n):

@@ -22,7 +22,6 @@ Why the compared configs are what they are (see the translator README):
 
 import json
 import re
-import socket
 import subprocess
 import sys
 
@@ -34,7 +33,8 @@ from apps.translator.cli import main
 from apps.translator.config import tiny
 from apps.translator.prepared import prepare
 from tests.apps.translator.conftest import write_pairs_file
-from tests.apps.translator.test_backends import short_pairs, subprocess_env
+from tests.apps.translator.test_backends import short_pairs
+from tests.backend_utils import run_tensorflow_workers, subprocess_env
 
 # Runs `train` for each case on one and on two devices; argv: prepared, out, cases JSON.
 SCRIPT = r"""
@@ -147,19 +147,6 @@ def test_cli_refuses_multiworker_without_tf_config(prepared_dir, tmp_path, monke
     assert not (tmp_path / "run").exists()
 
 
-def _free_loopback_ports(n):
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 WORKER_SCRIPT = r"""
 import json, sys
 
@@ -174,35 +161,8 @@ sys.exit(main([*argv, "--distribute", "multiworker"]))
 @pytest.mark.slow  # Two TensorFlow processes on 2 shared cores: about a minute.
 def test_multiworker_two_processes_train_one_model(prepared_dir, tmp_path):
     run_dir = tmp_path / "run"
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER_SCRIPT)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_loopback_ports(2)]}
-    procs = []
-    try:
-        for index in range(2):
-            scratch = tmp_path / f"tmp{index}"  # each worker's tempfile.gettempdir()
-            scratch.mkdir()
-            tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-            env = subprocess_env("tensorflow", TF_CONFIG=json.dumps(tf_config), TMPDIR=str(scratch))
-            args = [prepared_dir, run_dir, tmp_path, f"worker{index}"]
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, str(script), *map(str, args)],
-                    env=env,
-                    cwd=tmp_path,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
-            )
-        logs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-4000:]
+    worker_args = [[prepared_dir, run_dir, tmp_path, f"worker{index}"] for index in range(2)]
+    logs = run_tensorflow_workers(WORKER_SCRIPT, worker_args, tmp_path, timeout=240)
     # The chief wrote the run directory; the other worker's scratch folder is gone.
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["distribute"]["num_workers"] == 2 and metrics["distribute"]["task"] == "worker:0"
