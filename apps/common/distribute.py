@@ -25,15 +25,19 @@ data); JAX places each global batch on the device mesh, split along the batch
 axis, which needs a batch size divisible by the number of devices
 (`Distribution.check_batch_size`). The gradients are averaged over the global
 batch, so one step equals a one-device step on the same batch, up to float
-rounding and two caveats:
+rounding, once two TensorFlow-specific gaps are closed by the apps:
 
+- Keras's TensorFlow optimizer clips gradients (`clipnorm`, `global_clipnorm`,
+  `clipvalue`) on each replica, before the replicas' gradients are summed.
+  `Distribution.prepare_optimizer` makes it sum first and clip the global
+  gradient, as on one device (JAX's step already sees the global gradient).
 - `BatchNormalization` on TensorFlow normalises with each replica's own batch
-  statistics, and each replica keeps its own moving statistics (Keras 3 layers
-  are not synchronised by default): the trainable weights stay identical, the
-  moving statistics are those of the first replica (of the chief). Under JAX,
-  the step is one SPMD program over the global batch, so batch statistics are
-  global and training matches one device.
-- Dropout draws a different mask per TensorFlow replica (same distribution).
+  statistics unless it is built with `synchronized=True`
+  (`ConvBlock(batch_norm_synchronized=True)`, set where
+  `Distribution.sync_batch_norm` says so). Under JAX the step is one SPMD
+  program over the global batch, so batch statistics are global already.
+
+Dropout still draws a different mask per TensorFlow replica (same distribution).
 
 With several workers, only the chief writes the run directory; each other
 worker writes its checkpoints, logs and `BackupAndRestore` state to a scratch
@@ -272,6 +276,45 @@ class Distribution:
         )
         return dataset.with_options(options)
 
+    @property
+    def sync_batch_norm(self) -> bool:
+        """Whether batch norm must all-reduce its statistics to see the global batch.
+
+        True for TensorFlow strategies with several replicas, where each replica
+        otherwise normalises its own share of the batch. JAX data parallelism
+        computes them over the global batch already.
+        """
+        return self.backend == "tensorflow" and self.num_replicas > 1
+
+    def prepare_optimizer(self, optimizer):
+        """Makes a TensorFlow strategy's optimizer clip the global gradient, as one device does.
+
+        Keras's TensorFlow optimizer clips each replica's gradient (`clipnorm`,
+        `global_clipnorm`, `clipvalue`) and only then sums the replicas'
+        gradients, so with several replicas a clipped step is not the one-device
+        step (tensorflow/tensorflow#33929). With clipping configured, this makes
+        the optimizer sum the gradients over the replicas first, clip the sum,
+        and hand each replica its share of it (the sum divided by the number of
+        replicas) to the optimizer's own cross-replica sum, which so yields the
+        clipped global gradient. The price is a second all-reduce per step, paid
+        only when clipping is on.
+
+        Call it on the compiled model's optimizer inside `scope()`, before
+        `fit`. In other cases (one replica, JAX, no clipping) nothing changes.
+        Only this optimizer object is adapted, not its class or config, so a
+        saved model loads anywhere as before.
+
+        Args:
+            optimizer: a `keras.optimizers.Optimizer`.
+
+        Returns:
+            The same optimizer.
+        """
+        clips = optimizer.clipnorm or optimizer.global_clipnorm or optimizer.clipvalue
+        if self.backend == "tensorflow" and self.num_replicas > 1 and clips:
+            _clip_after_cross_replica_sum(optimizer)
+        return optimizer
+
     def describe(self) -> dict:
         """A JSON-friendly summary (stored in an app's metrics)."""
         info = {
@@ -390,7 +433,47 @@ def distribution_scope(name: str = "none", backend: str | None = None) -> Iterat
         yield distribution
 
 
-# --------------------------------------------------------------------------- Keras workaround
+# --------------------------------------------------------------------------- Keras workarounds
+
+
+def _clip_after_cross_replica_sum(optimizer) -> None:
+    """See `Distribution.prepare_optimizer`.
+
+    Keras's `Optimizer.apply` calls its private `_clip_gradients(grads)` in
+    each replica, just before the TensorFlow optimizer sums the gradients over
+    the replicas. This replaces that one method on this one object (not on the
+    class); the replacement calls the original on the summed gradients.
+    """
+    import tensorflow as tf
+
+    if getattr(optimizer, "_apps_clips_after_sum", False):
+        return
+    original = getattr(optimizer, "_clip_gradients", None)
+    if original is None:
+        raise RuntimeError(
+            "this Keras version lacks Optimizer._clip_gradients, which --distribute adapts "
+            "so that gradient clipping sees the global gradient; use Keras 3.5-3.15, or an "
+            "optimizer without clipnorm / global_clipnorm / clipvalue."
+        )
+
+    def scale(gradient, factor):
+        if isinstance(gradient, tf.IndexedSlices):  # e.g. the gradient of an embedding
+            return tf.IndexedSlices(
+                gradient.values * factor, gradient.indices, gradient.dense_shape
+            )
+        return gradient * factor
+
+    def clip_gradients(grads):
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return original(grads)
+        present = [g for g in grads if g is not None]
+        clipped = iter(original(context.all_reduce(tf.distribute.ReduceOp.SUM, present)))
+        share = 1.0 / context.num_replicas_in_sync
+        return [None if g is None else scale(next(clipped), share) for g in grads]
+
+    optimizer._clip_gradients = clip_gradients
+    optimizer._apps_clips_after_sum = True
 
 
 def _patch_keras_for_multi_worker() -> None:

@@ -46,10 +46,10 @@ class MedicalCNNConfig:
         activation: any `ConvBlock` activation: `relu`, `prelu`,
             `custom_layers>leaky_relu`, `gelu`, ...
         conv_dropout / dropout: dropout after each pooling stage / before the head.
-        batch_norm: batch normalization in every `ConvBlock`. Off, and with no
-            dropout, a step on several devices equals a step on one (TensorFlow
-            strategies normalise each replica's share of the batch on its own;
-            see `docs/distributed.md`).
+        batch_norm: batch normalization in every `ConvBlock`. Under a
+            TensorFlow strategy with several replicas its statistics are
+            all-reduced over the global batch, so with no dropout a step on
+            several devices equals a step on one (see `docs/distributed.md`).
         batch_norm_momentum: momentum of the batch-norm moving statistics
             (lower suits short runs with few steps).
         weight_decay: AdamW decoupled weight decay.

@@ -62,12 +62,16 @@ def build_augmentation(cfg: MedicalCNNConfig, seed: int | None = None) -> keras.
     return keras.Sequential(layers, name="augmentation")
 
 
-def build_model(cfg: MedicalCNNConfig) -> keras.Model:
+def build_model(cfg: MedicalCNNConfig, sync_batch_norm: bool = False) -> keras.Model:
     """Builds the (uncompiled) classifier for a config resolved from the data.
 
     Args:
         cfg: a config whose `input_shape`, `num_classes`, `pixel_mean` and
             `pixel_variance` are set (see `train.resolve_config`).
+        sync_batch_norm: batch statistics over the global batch under a
+            TensorFlow strategy with several replicas
+            (`ConvBlock(batch_norm_synchronized=True)`; see
+            `Distribution.sync_batch_norm`). Inference is unaffected.
 
     Returns:
         A Functional model mapping images `(batch, H, W, C)` in 0..255 to
@@ -104,6 +108,7 @@ def build_model(cfg: MedicalCNNConfig) -> keras.Model:
                 pool_strides=2,
                 dropout=cfg.conv_dropout if pooled else 0.0,
                 batch_norm_momentum=cfg.batch_norm_momentum,
+                batch_norm_synchronized=sync_batch_norm,
                 name=name,
             )(x)
     x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)

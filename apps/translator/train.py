@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -339,17 +338,6 @@ def _prepared_inputs(config, prepared, run_dir: Path, dist: Distribution) -> _In
     )
 
 
-def _warn_about_clipping(config: TranslatorConfig, dist: Distribution) -> None:
-    if dist.backend == "tensorflow" and dist.num_replicas > 1 and config.clipnorm is not None:
-        warnings.warn(
-            f"--distribute {dist.name} on TensorFlow: Keras clips each replica's share of the "
-            f"gradient to clipnorm={config.clipnorm} before the replicas' gradients are summed, "
-            "so clipping is not the same as on one device (JAX's DataParallel clips the whole "
-            "gradient). See apps/translator/README.md.",
-            stacklevel=3,
-        )
-
-
 def train(
     config: TranslatorConfig,
     data: str | os.PathLike | None = None,
@@ -389,7 +377,6 @@ def train(
         prepared_lib.check_compatible(config, prepared)
     _prepare_run_dir(work_dir, config)
     keras.utils.set_random_seed(config.seed)
-    _warn_about_clipping(config, dist)
 
     if prepared is not None:
         inputs = _prepared_inputs(config, prepared, work_dir, dist)
@@ -408,6 +395,7 @@ def train(
     with dist.scope():
         model = build_model(config, inputs.source_vocab_size, inputs.target_vocab_size)
         compile_model(model, config, total_steps=inputs.steps_per_epoch * config.epochs)
+        dist.prepare_optimizer(model.optimizer)  # clip the global gradient, as on one device
         history = model.fit(
             inputs.train,
             validation_data=inputs.val,

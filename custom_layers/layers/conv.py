@@ -185,6 +185,14 @@ class ConvBlock(keras.layers.Layer):
         bias_regularizer: optional regularizer of the convolution bias.
         batch_norm_momentum: momentum of the moving statistics.
         batch_norm_epsilon: epsilon of the batch normalization.
+        batch_norm_synchronized: on the TensorFlow backend, normalise with the
+            statistics of the global batch, all-reduced over the replicas of a
+            `tf.distribute` strategy at every training step, instead of each
+            replica's share (`BatchNormalization(synchronized=True)`). On other
+            backends it has no effect: `keras.distribution` data parallelism
+            already computes the statistics over the global batch (and their
+            `BatchNormalization` refuses `synchronized=True`), so a model saved
+            with it loads everywhere.
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
@@ -233,6 +241,7 @@ class ConvBlock(keras.layers.Layer):
         bias_regularizer=None,
         batch_norm_momentum=0.99,
         batch_norm_epsilon=1e-3,
+        batch_norm_synchronized=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -275,6 +284,7 @@ class ConvBlock(keras.layers.Layer):
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
+        self.batch_norm_synchronized = bool(batch_norm_synchronized)
         self.input_spec = keras.InputSpec(ndim=4)
 
     @property
@@ -327,6 +337,9 @@ class ConvBlock(keras.layers.Layer):
                 axis=self._channel_axis,
                 momentum=self.batch_norm_momentum,
                 epsilon=self.batch_norm_epsilon,
+                synchronized=(
+                    self.batch_norm_synchronized and keras.backend.backend() == "tensorflow"
+                ),
                 dtype=self.dtype_policy,
                 name="batch_norm",
             )
@@ -412,6 +425,7 @@ class ConvBlock(keras.layers.Layer):
                 "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
                 "batch_norm_momentum": self.batch_norm_momentum,
                 "batch_norm_epsilon": self.batch_norm_epsilon,
+                "batch_norm_synchronized": self.batch_norm_synchronized,
             }
         )
         return config

@@ -281,6 +281,28 @@ def test_training_is_passed_to_batch_norm(image):
     np.testing.assert_allclose(trained.var(axis=(0, 1, 2)), variance / (variance + 1e-3), rtol=1e-4)
 
 
+def test_synchronized_batch_norm_is_for_tensorflow_and_equal_on_one_device(image):
+    init = keras.initializers.GlorotUniform(seed=3)
+    synced = ConvBlock(3, batch_norm_synchronized=True, kernel_initializer=init)
+    plain = ConvBlock(3, kernel_initializer=init)
+    synced.build(image.shape)
+    plain.build(image.shape)
+    # Only TensorFlow's BatchNormalization takes `synchronized`; elsewhere the
+    # flag is kept in the config (so a model saved with it loads) and unused.
+    assert synced.batch_norm.synchronized is (keras.backend.backend() == "tensorflow")
+    assert not plain.batch_norm.synchronized
+    reloaded = ConvBlock.from_config(synced.get_config())
+    assert reloaded.batch_norm_synchronized and not plain.get_config()["batch_norm_synchronized"]
+    # Without a distribution strategy the global batch is the local batch.
+    for training in (True, False):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(synced(image, training=training)),
+            ops.convert_to_numpy(plain(image, training=training)),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
 def test_training_is_passed_to_dropout(image):
     block = ConvBlock(
         8, use_batch_norm=False, activation=None, dropout=0.5, kernel_initializer="ones"

@@ -7,7 +7,6 @@ parallelism (two fake CPU devices, in a fresh process).
 """
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from apps.common.distribute import (
     get_distribution,
     parse_tf_config,
 )
+from tests.backend_utils import subprocess_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 TWO_WORKERS = {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]}
@@ -167,6 +167,91 @@ def test_mirrored_scope_on_tensorflow_builds_mirrored_variables():
     assert get_distribution("mirrored").strategy is dist.strategy  # made once per process
 
 
+# Under TensorFlow with two logical CPU devices: gradient clipping under MirroredStrategy.
+TF_CLIP_SCRIPT = r"""
+import json, sys
+
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras
+import numpy as np
+
+from apps.common.distribute import get_distribution
+
+rng = np.random.default_rng(0)
+tokens = rng.integers(0, 20, size=(64, 6))
+y = 10.0 * rng.normal(size=(64, 1)).astype("float32")  # big errors: clipping is active
+
+
+def fit(name, clipping, prepare):
+    keras.utils.set_random_seed(3)
+    dist = get_distribution(name)
+    with dist.scope():
+        model = keras.Sequential(
+            [
+                keras.Input((6,), dtype="int32"),
+                keras.layers.Embedding(20, 4),  # a sparse (IndexedSlices) gradient
+                keras.layers.Flatten(),
+                keras.layers.Dense(1),
+            ]
+        )
+        model.compile(keras.optimizers.SGD(0.1, **clipping), "mse")
+        optimizer = dist.prepare_optimizer(model.optimizer) if prepare else model.optimizer
+        assert optimizer is model.optimizer
+        model.fit(tokens, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    return [np.asarray(w).tolist() for w in model.weights]
+
+
+clippings = {
+    "global_clipnorm": {"global_clipnorm": 0.05},
+    "clipnorm": {"clipnorm": 0.05},
+    "clipvalue": {"clipvalue": 0.01},
+    "none": {},
+}
+result = {
+    name: {
+        "one_device": fit("none", clipping, prepare=True),
+        "mirrored": fit("mirrored", clipping, prepare=True),
+        "mirrored_as_keras_does": fit("mirrored", clipping, prepare=False),
+    }
+    for name, clipping in clippings.items()
+}
+json.dump(result, open(sys.argv[1], "w"))
+"""
+
+
+def _max_difference(a, b):
+    return max(np.abs(np.subtract(x, y)).max() for x, y in zip(a, b, strict=True))
+
+
+def test_prepared_optimizer_clips_the_global_gradient_under_mirrored_strategy(tmp_path):
+    script, out = tmp_path / "tf_clip.py", tmp_path / "out.json"
+    script.write_text(TF_CLIP_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out)],
+        env=subprocess_env("tensorflow"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for name, runs in result.items():
+        one, two = runs["one_device"], runs["mirrored"]
+        for a, b in zip(one, two, strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=name)
+        keras_default = _max_difference(runs["mirrored_as_keras_does"], one)
+        if name == "none":
+            assert keras_default < 1e-5  # nothing to adapt without clipping
+        else:
+            # Keras alone clips each replica's half of the gradient: another result.
+            assert keras_default > 1e-3, name
+
+
 # Under KERAS_BACKEND=jax with two fake CPU devices.
 JAX_SCRIPT = r"""
 import json, sys
@@ -219,13 +304,7 @@ json.dump(
 def test_data_parallel_on_two_jax_devices_matches_one_device(tmp_path):
     script, out = tmp_path / "jax_dp.py", tmp_path / "out.json"
     script.write_text(JAX_SCRIPT)
-    env = dict(
-        os.environ,
-        KERAS_BACKEND="jax",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        PYTHONPATH=os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
+    env = subprocess_env("jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     proc = subprocess.run(
         [sys.executable, str(script), str(out)],
         env=env,

@@ -7,10 +7,11 @@ so runs are compared epoch by epoch (not through the best checkpoint, whose
 choice could flip on a tie in validation AUC).
 
 Why the compared configs are what they are (see docs/distributed.md):
-- TensorFlow strategies normalise each replica's share of the batch with its
-  own batch statistics, and draw dropout per replica, so the TensorFlow cases
-  train `tiny` with `batch_norm=False, dropout=0`. Under JAX the step is one
-  program over the global batch, so `tiny` is compared as it is.
+- TensorFlow strategies draw dropout masks per replica, so the TensorFlow
+  cases train `tiny` with `dropout=0`; batch norm stays on, its statistics
+  all-reduced over the replicas (`Distribution.sync_batch_norm`), and its
+  moving statistics are compared with the other weights. Under JAX the step
+  is one program over the global batch, so `tiny` is compared as it is.
 - Under a `tf.distribute` strategy Keras draws one batch before training (to
   build the model), which advances the reshuffling `tf.data` pipeline by one
   epoch's order; with one global batch per epoch the order cannot matter, so
@@ -67,7 +68,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
     + COMMON
     + r"""
 data, runs, out = sys.argv[1:4]
-cfg = config(data, epochs=3, batch_norm=False, dropout=0.0)
+cfg = config(data, epochs=3, dropout=0.0)  # batch norm on, synchronised
 args = dict(verbose=0, tensorboard=False)
 train(cfg, f"{runs}/one_device", callbacks=[SaveWeights(out, "one_device")], **args)
 train(cfg, f"{runs}/mirrored", callbacks=[SaveWeights(out, "mirrored")], distribute="mirrored", **args)
@@ -117,7 +118,7 @@ class RecordWorkDir(keras.callbacks.Callback):
             json.dump({"work_dir": str(work_dir), "files": files}, f)
 
 
-cfg = config(data, epochs=1, batch_norm=False)
+cfg = config(data, epochs=1)  # batch norm synchronised over the workers
 report = train(
     cfg,
     run_dir,
@@ -169,6 +170,7 @@ def test_mirrored_two_cpu_devices_matches_one_device(pneumoniamnist_npz, tmp_pat
             _weights(out, "one_device", epoch), _weights(out, "mirrored", epoch), atol=1e-5
         )
     first, last = _weights(out, "one_device", 0), _weights(out, "one_device", 2)
+    assert any("moving_mean" in k for k in first)  # batch norm statistics compared too
     assert max(np.abs(first[k] - last[k]).max() for k in first) > 1e-3  # it did train
     metrics = json.loads((runs / "mirrored" / "metrics.json").read_text())
     assert metrics["distribute"] == {
