@@ -126,6 +126,15 @@ def _check_pad_id(pad_id):
 # ----------------------------------------------------------------------------
 
 
+def _crossentropy_options(from_logits, label_smoothing, **checked):
+    """The checked `from_logits` and `label_smoothing` after `checked` (already checked) options."""
+    return {
+        **checked,
+        "from_logits": _check_bool("from_logits", from_logits),
+        "label_smoothing": _check_range("label_smoothing", label_smoothing, 0.0, 1.0),
+    }
+
+
 def _prepare(y_true, y_pred):
     """Converts both to tensors of `y_pred`'s float dtype and aligns their ranks.
 
@@ -624,10 +633,7 @@ class BinaryCrossentropy(_FunctionLoss):
         name="binary_crossentropy",
         dtype=None,
     ):
-        options = {
-            "from_logits": _check_bool("from_logits", from_logits),
-            "label_smoothing": _check_range("label_smoothing", label_smoothing, 0.0, 1.0),
-        }
+        options = _crossentropy_options(from_logits, label_smoothing)
         super().__init__(binary_crossentropy, options, name, reduction, dtype)
 
 
@@ -667,10 +673,7 @@ class CategoricalCrossentropy(_FunctionLoss):
         name="categorical_crossentropy",
         dtype=None,
     ):
-        options = {
-            "from_logits": _check_bool("from_logits", from_logits),
-            "label_smoothing": _check_range("label_smoothing", label_smoothing, 0.0, 1.0),
-        }
+        options = _crossentropy_options(from_logits, label_smoothing)
         super().__init__(categorical_crossentropy, options, name, reduction, dtype)
 
 
@@ -714,11 +717,9 @@ class WeightedCategoricalCrossentropy(_FunctionLoss):
         name="weighted_categorical_crossentropy",
         dtype=None,
     ):
-        options = {
-            "class_weights": _check_class_weights(class_weights),
-            "from_logits": _check_bool("from_logits", from_logits),
-            "label_smoothing": _check_range("label_smoothing", label_smoothing, 0.0, 1.0),
-        }
+        options = _crossentropy_options(
+            from_logits, label_smoothing, class_weights=_check_class_weights(class_weights)
+        )
         super().__init__(weighted_categorical_crossentropy, options, name, reduction, dtype)
 
 
@@ -760,11 +761,9 @@ class WeightedBinaryCrossentropy(_FunctionLoss):
         name="weighted_binary_crossentropy",
         dtype=None,
     ):
-        options = {
-            "class_weights": _check_class_weights(class_weights, 2),
-            "from_logits": _check_bool("from_logits", from_logits),
-            "label_smoothing": _check_range("label_smoothing", label_smoothing, 0.0, 1.0),
-        }
+        options = _crossentropy_options(
+            from_logits, label_smoothing, class_weights=_check_class_weights(class_weights, 2)
+        )
         super().__init__(weighted_binary_crossentropy, options, name, reduction, dtype)
 
 
@@ -813,12 +812,12 @@ class BinaryFocalCrossentropy(_FunctionLoss):
         name="binary_focal_crossentropy",
         dtype=None,
     ):
-        options = {
-            "alpha": _check_range("alpha", alpha, 0.0, 1.0),
-            "gamma": _check_non_negative("gamma", gamma),
-            "from_logits": _check_bool("from_logits", from_logits),
-            "label_smoothing": _check_range("label_smoothing", label_smoothing, 0.0, 1.0),
-        }
+        options = _crossentropy_options(
+            from_logits,
+            label_smoothing,
+            alpha=_check_range("alpha", alpha, 0.0, 1.0),
+            gamma=_check_non_negative("gamma", gamma),
+        )
         super().__init__(binary_focal_crossentropy, options, name, reduction, dtype)
 
 
@@ -865,12 +864,12 @@ class CategoricalFocalCrossentropy(_FunctionLoss):
         name="categorical_focal_crossentropy",
         dtype=None,
     ):
-        options = {
-            "alpha": _check_range("alpha", alpha, 0.0, 1.0),
-            "gamma": _check_non_negative("gamma", gamma),
-            "from_logits": _check_bool("from_logits", from_logits),
-            "label_smoothing": _check_range("label_smoothing", label_smoothing, 0.0, 1.0),
-        }
+        options = _crossentropy_options(
+            from_logits,
+            label_smoothing,
+            alpha=_check_range("alpha", alpha, 0.0, 1.0),
+            gamma=_check_non_negative("gamma", gamma),
+        )
         super().__init__(categorical_focal_crossentropy, options, name, reduction, dtype)
 
 
@@ -1000,11 +999,7 @@ class MaskedSparseCategoricalCrossentropy(_FunctionLoss):
         name="masked_sparse_categorical_crossentropy",
         dtype=None,
     ):
-        options = {
-            "pad_id": _check_pad_id(pad_id),
-            "from_logits": _check_bool("from_logits", from_logits),
-            "label_smoothing": _check_range("label_smoothing", label_smoothing, 0.0, 1.0),
-        }
+        options = _crossentropy_options(from_logits, label_smoothing, pad_id=_check_pad_id(pad_id))
         super().__init__(masked_sparse_categorical_crossentropy, options, name, reduction, dtype)
 
     def __call__(self, y_true, y_pred, sample_weight=None):

@@ -92,6 +92,27 @@ def subprocess_env(backend, **extra):
     return env
 
 
+def run_python_script(script_text, args, workdir, backend, timeout, name="script.py", **env):
+    """Runs `script_text` with `args` in a fresh Python process on `backend`.
+
+    The script is written to `workdir / name` and run there, with
+    `subprocess_env(backend, **env)`. Fails the test with the end of the
+    child's stderr unless it exits with 0; returns the completed process.
+    """
+    path = Path(workdir) / name
+    path.write_text(script_text)
+    proc = subprocess.run(
+        [sys.executable, str(path), *map(str, args)],
+        env=subprocess_env(backend, **env),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
 def free_loopback_ports(n):
     """`n` distinct free TCP ports on 127.0.0.1 (bound to port 0, then released)."""
     sockets = []

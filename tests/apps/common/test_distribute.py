@@ -7,8 +7,6 @@ parallelism (two fake CPU devices, in a fresh process).
 """
 
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from apps.common.distribute import (
     get_distribution,
     parse_tf_config,
 )
-from tests.backend_utils import subprocess_env
+from tests.backend_utils import run_python_script
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 TWO_WORKERS = {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]}
@@ -228,17 +226,8 @@ def _max_difference(a, b):
 
 
 def test_prepared_optimizer_clips_the_global_gradient_under_mirrored_strategy(tmp_path):
-    script, out = tmp_path / "tf_clip.py", tmp_path / "out.json"
-    script.write_text(TF_CLIP_SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(out)],
-        env=subprocess_env("tensorflow"),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out.json"
+    run_python_script(TF_CLIP_SCRIPT, [out], tmp_path, "tensorflow", timeout=180)
     result = json.loads(out.read_text())
     for name, runs in result.items():
         one, two = runs["one_device"], runs["mirrored"]
@@ -302,18 +291,9 @@ json.dump(
 
 
 def test_data_parallel_on_two_jax_devices_matches_one_device(tmp_path):
-    script, out = tmp_path / "jax_dp.py", tmp_path / "out.json"
-    script.write_text(JAX_SCRIPT)
-    env = subprocess_env("jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    proc = subprocess.run(
-        [sys.executable, str(script), str(out)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out.json"
+    flags = "--xla_force_host_platform_device_count=2"
+    run_python_script(JAX_SCRIPT, [out], tmp_path, "jax", timeout=180, XLA_FLAGS=flags)
     result = json.loads(out.read_text())
     assert result["replicas"] == [1, 2] and result["strategy"] == "DataParallel"
     assert result["variable_devices"] == [1, 2]  # replicated on both devices

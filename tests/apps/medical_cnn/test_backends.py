@@ -9,8 +9,6 @@ model for TF Serving with the unchanged export path.
 """
 
 import json
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -21,7 +19,7 @@ from apps.medical_cnn import data as data_lib
 from apps.medical_cnn.export import export
 from apps.medical_cnn.train import train
 from tests.apps.medical_cnn.conftest import tiny_config
-from tests.backend_utils import BLOCK_TENSORFLOW, subprocess_env
+from tests.backend_utils import BLOCK_TENSORFLOW, run_python_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -90,18 +88,8 @@ def jax_process(pneumoniamnist_npz, tmp_path_factory):
     np.save(root / "pixels.npy", pixels)
     jax_run, out = root / "jax_run", root / "out"
     out.mkdir()
-    script = root / "jax_side.py"
-    script.write_text(JAX_SCRIPT)
     args = [data, jax_run, tf_run / "model.keras", root / "pixels.npy", out]
-    proc = subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
-        env=subprocess_env("jax"),
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python_script(JAX_SCRIPT, args, root, "jax", timeout=240, name="jax_side.py")
     report = json.loads((out / "report.json").read_text())
     return {
         "jax_run": jax_run,

@@ -21,15 +21,13 @@ Why the compared configs are what they are (see docs/distributed.md):
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from apps.common.model_io import load_keras_model
 from tests.apps.medical_cnn.test_backends import write_slice
-from tests.backend_utils import run_tensorflow_workers, subprocess_env
+from tests.backend_utils import run_python_script, run_tensorflow_workers
 
 # Shared by the scripts below: the tiny preset on a data slice, and a callback
 # that saves every weight at the end of each epoch to OUT/<name>-epoch<k>.npz.
@@ -145,26 +143,11 @@ def _assert_same_weights(a, b, atol):
         np.testing.assert_allclose(a[key], b[key], atol=atol, rtol=0, err_msg=key)
 
 
-def _run_script(tmp_path, script, args, env, timeout=240):
-    path = tmp_path / "script.py"
-    path.write_text(script)
-    proc = subprocess.run(
-        [sys.executable, str(path), *map(str, args)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
 def test_mirrored_two_cpu_devices_matches_one_device(pneumoniamnist_npz, tmp_path):
     data = write_slice(pneumoniamnist_npz, tmp_path / "slice.npz", 64, 64)
     runs, out = tmp_path / "runs", tmp_path / "out"
     out.mkdir()
-    _run_script(tmp_path, MIRRORED_SCRIPT, [data, runs, out], subprocess_env("tensorflow"))
+    run_python_script(MIRRORED_SCRIPT, [data, runs, out], tmp_path, "tensorflow", timeout=240)
     for epoch in range(3):
         _assert_same_weights(
             _weights(out, "one_device", epoch), _weights(out, "mirrored", epoch), atol=1e-5
@@ -195,8 +178,8 @@ def test_jax_data_parallel_two_devices_matches_one_device(pneumoniamnist_npz, tm
     data = write_slice(pneumoniamnist_npz, tmp_path / "slice.npz", 512, 128)
     runs, out = tmp_path / "runs", tmp_path / "out"
     out.mkdir()
-    env = subprocess_env("jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    _run_script(tmp_path, JAX_SCRIPT, [data, runs, out], env)
+    flags = "--xla_force_host_platform_device_count=2"
+    run_python_script(JAX_SCRIPT, [data, runs, out], tmp_path, "jax", timeout=240, XLA_FLAGS=flags)
     one, two = _weights(out, "none", 0), _weights(out, "mirrored", 0)
     assert any("moving_mean" in k for k in one)  # batch norm statistics compared too
     _assert_same_weights(one, two, atol=1e-5)

@@ -15,8 +15,6 @@ import csv
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -34,7 +32,7 @@ from apps.translator.train import train
 from apps.translator.translate import ExportedTranslator, Translator
 from apps.translator.vectorization import count_words
 from tests.apps.translator.conftest import write_pairs_file
-from tests.backend_utils import BLOCK_TENSORFLOW, subprocess_env
+from tests.backend_utils import BLOCK_TENSORFLOW, run_python_script
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
@@ -116,18 +114,8 @@ def jax_side(spa_splits, tmp_path_factory):
     np.savez(root / "inputs.npz", **inputs)
     jax_run, out = root / "jax_run", root / "out"
     out.mkdir()
-    script = root / "jax_side.py"
-    script.write_text(JAX_SCRIPT)
     args = [prepared_dir, jax_run, tf_run / "model.keras", root / "inputs.npz", out]
-    proc = subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
-        env=subprocess_env("jax"),
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_python_script(JAX_SCRIPT, args, root, "jax", timeout=300, name="jax_side.py")
     return {
         "corpus": corpus,
         "prepared": prepared_dir,

@@ -22,8 +22,6 @@ Why the compared configs are what they are (see the translator README):
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -34,7 +32,7 @@ from apps.translator.config import tiny
 from apps.translator.prepared import prepare
 from tests.apps.translator.conftest import write_pairs_file
 from tests.apps.translator.test_backends import short_pairs
-from tests.backend_utils import run_tensorflow_workers, subprocess_env
+from tests.backend_utils import run_python_script, run_tensorflow_workers
 
 # Runs `train` for each case on one and on two devices; argv: prepared, out, cases JSON.
 SCRIPT = r"""
@@ -86,18 +84,8 @@ def prepared_dir(spa_splits, tmp_path_factory):
 
 def _run(prepared_dir, out, backend, cases, **env):
     out.mkdir()
-    script = out / "script.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(prepared_dir), str(out), json.dumps(cases)],
-        env=subprocess_env(backend, **env),
-        cwd=out,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+    args = [prepared_dir, out, json.dumps(cases)]
+    return run_python_script(SCRIPT, args, out, backend, timeout=300, **env)
 
 
 def _weights(run_dir):
