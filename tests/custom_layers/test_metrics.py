@@ -130,6 +130,8 @@ def test_in_compiled_model_and_after_reload(tmp_path):
     assert result["masked_accuracy"] == pytest.approx(correct / count, rel=1e-5)
 
     path = tmp_path / "model.keras"
+    # Never trained: build the optimizer's slots so that the saved state is complete.
+    model.optimizer.build(model.trainable_variables)
     model.save(path)
     reloaded = keras.saving.load_model(path)
     result = reloaded.evaluate(x, y_true, batch_size=4, return_dict=True, verbose=0)
