@@ -1,4 +1,5 @@
-"""Backend-neutral gradient helpers for tests (TensorFlow: GradientTape; JAX: jax.grad)."""
+"""Helpers shared by the tests: gradients on every backend (TensorFlow: GradientTape; JAX:
+jax.grad), child processes on a chosen backend, two-worker launches, a crashing callback."""
 
 import json
 import os
@@ -11,6 +12,31 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
+
+
+class CrashAtBatch(keras.callbacks.Callback):
+    """Raises `RuntimeError("simulated crash")` after batch `batch` of epoch `epoch`.
+
+    It stops `fit` in the middle of an epoch, like a killed process.
+    """
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == self.batch:
+            raise RuntimeError("simulated crash")
+
+
+# The TensorFlow side of a cross-backend test: it starts the JAX side in a child process.
+TENSORFLOW_SIDE_ONLY = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="this test process plays the TensorFlow side; it starts the JAX side itself",
+)
 
 
 def value_and_grad(fn, x):

@@ -10,6 +10,7 @@ from apps.common.callbacks import (
     standard_callbacks,
     tensorboard_available,
 )
+from tests.backend_utils import CrashAtBatch
 
 
 def _data(n=64):
@@ -28,21 +29,6 @@ def _model():
 def _epochs(history_csv):
     with open(history_csv, newline="") as f:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
-
-
-class _Crash(keras.callbacks.Callback):
-    """Raises in the middle of a given epoch, like a killed process."""
-
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.epoch, self.batch, self.current = epoch, batch, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == self.batch:
-            raise RuntimeError("simulated crash")
 
 
 def test_standard_callbacks_write_run_dir(tmp_path):
@@ -97,7 +83,7 @@ def test_resume_after_crash_mid_epoch(tmp_path):
         )
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        fit([_Crash(epoch=2, batch=1)])
+        fit([CrashAtBatch(epoch=2, batch=1)])
     assert _epochs(tmp_path / "history.csv") == [0, 1]
     assert (tmp_path / "backup").is_dir()
     history = fit([])

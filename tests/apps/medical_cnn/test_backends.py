@@ -10,7 +10,6 @@ model for TF Serving with the unchanged export path.
 
 import json
 
-import keras
 import numpy as np
 import pytest
 
@@ -19,14 +18,11 @@ from apps.medical_cnn import data as data_lib
 from apps.medical_cnn.export import export
 from apps.medical_cnn.train import train
 from tests.apps.medical_cnn.conftest import tiny_config
-from tests.backend_utils import BLOCK_TENSORFLOW, run_python_script
+from tests.backend_utils import BLOCK_TENSORFLOW, TENSORFLOW_SIDE_ONLY, run_python_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="this test process plays the TensorFlow side; it starts the JAX side itself",
-)
+pytestmark = TENSORFLOW_SIDE_ONLY
 
 # Runs under KERAS_BACKEND=jax. A meta-path finder that raises for TensorFlow
 # modules makes every `import tensorflow` fail, as on a machine without it.

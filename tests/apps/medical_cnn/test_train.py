@@ -1,7 +1,6 @@
 import csv
 import json
 
-import keras
 import numpy as np
 import pytest
 
@@ -11,6 +10,7 @@ from apps.medical_cnn import metrics as metrics_lib
 from apps.medical_cnn.config import MedicalCNNConfig
 from apps.medical_cnn.train import cosine_schedule, train
 from tests.apps.medical_cnn.conftest import tiny_config
+from tests.backend_utils import CrashAtBatch
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -59,24 +59,18 @@ def test_finished_run_is_not_overwritten(tiny_run, pneumoniamnist_npz):
         train(tiny_config(pneumoniamnist_npz), run_dir, verbose=0, tensorboard=False)
 
 
-class _Crash(keras.callbacks.Callback):
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.epoch, self.batch, self.current = epoch, batch, None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.current == self.epoch and batch == self.batch:
-            raise RuntimeError("simulated crash")
-
-
 def test_resume_after_interruption(tmp_path, pneumoniamnist_npz):
     cfg = tiny_config(pneumoniamnist_npz, max_train_examples=640, epochs=4)
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, run_dir, callbacks=[_Crash(2, 5)], verbose=0, tensorboard=False, backup_freq=2)
+        train(
+            cfg,
+            run_dir,
+            callbacks=[CrashAtBatch(2, 5)],
+            verbose=0,
+            tensorboard=False,
+            backup_freq=2,
+        )
     assert _epochs(run_dir) == [0, 1]
     assert (run_dir / "backup").is_dir() and not (run_dir / "metrics.json").exists()
     # A different config cannot resume this run.

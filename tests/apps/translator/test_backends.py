@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 
-import keras
 import numpy as np
 import pytest
 
@@ -32,12 +31,9 @@ from apps.translator.train import train
 from apps.translator.translate import ExportedTranslator, Translator
 from apps.translator.vectorization import count_words
 from tests.apps.translator.conftest import write_pairs_file
-from tests.backend_utils import BLOCK_TENSORFLOW, run_python_script
+from tests.backend_utils import BLOCK_TENSORFLOW, TENSORFLOW_SIDE_ONLY, run_python_script
 
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="this test process plays the TensorFlow side; it starts the JAX side itself",
-)
+pytestmark = TENSORFLOW_SIDE_ONLY
 
 # Runs under KERAS_BACKEND=jax. A meta-path finder that raises for TensorFlow
 # modules makes every `import tensorflow` fail, as on a machine without it.
