@@ -77,40 +77,29 @@ def image():
 
 
 @pytest.mark.parametrize(
-    "init_kwargs, output_shape",
+    "layer_class, init_kwargs, output_shape",
     [
-        ({}, (2, 3, 3, 3)),
-        ({"pool_size": 3, "strides": 2, "padding": "same"}, (2, 4, 3, 3)),
-        ({"pool_size": (2, 3), "data_format": "channels_first"}, (2, 3, 3, 2)),
+        (L2Pooling2D, {}, (2, 3, 3, 3)),
+        (L2Pooling2D, {"pool_size": 3, "strides": 2, "padding": "same"}, (2, 4, 3, 3)),
+        (L2Pooling2D, {"pool_size": (2, 3), "data_format": "channels_first"}, (2, 3, 3, 2)),
+        (DistanceWeightedPooling2D, {}, (2, 2, 2, 3)),
+        (
+            DistanceWeightedPooling2D,
+            {"pool_size": 2, "strides": 1, "padding": "same", "sigma": 0.5},
+            (2, 7, 6, 3),
+        ),
+        (
+            DistanceWeightedPooling2D,
+            {"pool_size": 3, "data_format": "channels_first"},
+            (2, 3, 2, 2),
+        ),
     ],
 )
-def test_l2_layer_contract(image, tmp_path, init_kwargs, output_shape):
+def test_layer_contract(image, tmp_path, layer_class, init_kwargs, output_shape):
     if init_kwargs.get("data_format") == "channels_first":
         image = image.transpose(0, 3, 1, 2)
     run_layer_test(
-        L2Pooling2D,
-        init_kwargs,
-        image,
-        expected_output_shape=output_shape,
-        expected_num_trainable_weights=0,
-        expected_num_non_trainable_weights=0,
-        tmp_path=tmp_path,
-    )
-
-
-@pytest.mark.parametrize(
-    "init_kwargs, output_shape",
-    [
-        ({}, (2, 2, 2, 3)),
-        ({"pool_size": 2, "strides": 1, "padding": "same", "sigma": 0.5}, (2, 7, 6, 3)),
-        ({"pool_size": 3, "data_format": "channels_first"}, (2, 3, 2, 2)),
-    ],
-)
-def test_distance_weighted_layer_contract(image, tmp_path, init_kwargs, output_shape):
-    if init_kwargs.get("data_format") == "channels_first":
-        image = image.transpose(0, 3, 1, 2)
-    run_layer_test(
-        DistanceWeightedPooling2D,
+        layer_class,
         init_kwargs,
         image,
         expected_output_shape=output_shape,
