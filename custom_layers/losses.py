@@ -115,10 +115,32 @@ def _check_class_weights(class_weights, num_classes=None):
     return [float(w) for w in weights]
 
 
-def _check_pad_id(pad_id):
+def check_pad_id(pad_id):
+    """`pad_id` as an int; a ValueError unless it is an integer (bools are refused)."""
     if isinstance(pad_id, bool) or not isinstance(pad_id, numbers.Integral):
         raise ValueError(f"Argument `pad_id` must be an integer. Received: pad_id={pad_id!r}")
     return int(pad_id)
+
+
+def sparse_token_ids(y_true, y_pred):
+    """`y_true` as int32 token ids `(batch, T)` for predictions `(batch, T, vocab_size)`.
+
+    A trailing axis of size 1 on `y_true` is dropped. Shared by the masked
+    sequence loss and `custom_layers.metrics.MaskedAccuracy`.
+
+    Raises:
+        ValueError: the ranks do not fit that pattern.
+    """
+    y_true = ops.cast(y_true, "int32")
+    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
+        y_true = ops.squeeze(y_true, -1)
+    if len(y_true.shape) + 1 != len(y_pred.shape):
+        raise ValueError(
+            "Expected `y_true` of shape (batch, T) holding token ids and `y_pred` of "
+            "shape (batch, T, vocab_size). "
+            f"Received: y_true.shape={y_true.shape}, y_pred.shape={y_pred.shape}"
+        )
+    return y_true
 
 
 # ----------------------------------------------------------------------------
@@ -484,21 +506,13 @@ def masked_sparse_categorical_crossentropy(
         `y_true == pad_id`. Average it over the real tokens with
         `MaskedSparseCategoricalCrossentropy`.
     """
-    pad_id = _check_pad_id(pad_id)
+    pad_id = check_pad_id(pad_id)
     from_logits = _check_bool("from_logits", from_logits)
     label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0)
     y_pred = ops.convert_to_tensor(y_pred)
     if not keras.backend.is_float_dtype(y_pred.dtype):
         y_pred = ops.cast(y_pred, keras.config.floatx())
-    y_true = ops.cast(y_true, "int32")
-    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
-        y_true = ops.squeeze(y_true, -1)
-    if len(y_true.shape) + 1 != len(y_pred.shape):
-        raise ValueError(
-            "Expected `y_true` of shape (batch, T) holding token ids and `y_pred` of "
-            "shape (batch, T, vocab_size). "
-            f"Received: y_true.shape={y_true.shape}, y_pred.shape={y_pred.shape}"
-        )
+    y_true = sparse_token_ids(y_true, y_pred)
     is_token = ops.not_equal(y_true, pad_id)
     # Padding positions read class 0, so that any pad_id (even -100) is safe to gather.
     safe_ids = ops.where(is_token, y_true, ops.zeros_like(y_true))
@@ -999,7 +1013,7 @@ class MaskedSparseCategoricalCrossentropy(_FunctionLoss):
         name="masked_sparse_categorical_crossentropy",
         dtype=None,
     ):
-        options = _crossentropy_options(from_logits, label_smoothing, pad_id=_check_pad_id(pad_id))
+        options = _crossentropy_options(from_logits, label_smoothing, pad_id=check_pad_id(pad_id))
         super().__init__(masked_sparse_categorical_crossentropy, options, name, reduction, dtype)
 
     def __call__(self, y_true, y_pred, sample_weight=None):

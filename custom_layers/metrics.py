@@ -1,9 +1,9 @@
 """Metrics written with `keras.ops`."""
 
-import numbers
-
 import keras
 from keras import ops
+
+from custom_layers.losses import check_pad_id, sparse_token_ids
 
 __all__ = ["MaskedAccuracy"]
 
@@ -43,23 +43,13 @@ class MaskedAccuracy(keras.metrics.Metric):
 
     def __init__(self, pad_id=0, name="masked_accuracy", dtype=None):
         super().__init__(name=name, dtype=dtype)
-        if isinstance(pad_id, bool) or not isinstance(pad_id, numbers.Integral):
-            raise ValueError(f"Argument `pad_id` must be an integer. Received: pad_id={pad_id!r}")
-        self.pad_id = int(pad_id)
+        self.pad_id = check_pad_id(pad_id)
         self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_pred = ops.convert_to_tensor(y_pred)
-        y_true = ops.cast(y_true, "int32")
-        if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
-            y_true = ops.squeeze(y_true, -1)
-        if len(y_true.shape) + 1 != len(y_pred.shape):
-            raise ValueError(
-                "Expected `y_true` of shape (batch, T) holding token ids and `y_pred` of "
-                "shape (batch, T, vocab_size). "
-                f"Received: y_true.shape={y_true.shape}, y_pred.shape={y_pred.shape}"
-            )
+        y_true = sparse_token_ids(y_true, y_pred)
         predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
         weights = ops.cast(ops.not_equal(y_true, self.pad_id), self.dtype)
         if sample_weight is not None:
