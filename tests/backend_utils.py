@@ -103,6 +103,29 @@ sys.meta_path.insert(0, BlockTensorFlow())
 """
 
 
+# The end of a script that starts with BLOCK_TENSORFLOW: writes `{out}/report.json` with the
+# script's `rc`, the backend, the TensorFlow modules that got loaded (none, if the blocker
+# held) and the error that `import tensorflow` raises.
+REPORT_TENSORFLOW_ABSENCE = r"""
+import keras
+
+try:
+    import tensorflow  # noqa: F401
+
+    import_error = None
+except ImportError as e:
+    import_error = str(e)
+report = {
+    "rc": rc,
+    "backend": keras.backend.backend(),
+    "tensorflow_modules": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED),
+    "import_error": import_error,
+}
+with open(f"{out}/report.json", "w") as f:
+    json.dump(report, f)
+"""
+
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -18,7 +18,12 @@ from apps.medical_cnn import data as data_lib
 from apps.medical_cnn.export import export
 from apps.medical_cnn.train import train
 from tests.apps.medical_cnn.conftest import tiny_config
-from tests.backend_utils import BLOCK_TENSORFLOW, TENSORFLOW_SIDE_ONLY, run_python_script
+from tests.backend_utils import (
+    BLOCK_TENSORFLOW,
+    REPORT_TENSORFLOW_ABSENCE,
+    TENSORFLOW_SIDE_ONLY,
+    run_python_script,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,21 +46,8 @@ rc = main(["train", "--data", data, "--preset", "tiny", "--epochs", "1", "--run-
 x = np.load(pixels)
 np.save(f"{out}/jax_model_on_jax.npy", load_keras_model(run_dir).predict(x, verbose=0))
 np.save(f"{out}/tf_model_on_jax.npy", load_keras_model(tf_model).predict(x, verbose=0))
-try:
-    import tensorflow  # noqa: F401
-
-    import_error = None
-except ImportError as e:
-    import_error = str(e)
-report = {
-    "rc": rc,
-    "backend": keras.backend.backend(),
-    "tensorflow_modules": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED),
-    "import_error": import_error,
-}
-with open(f"{out}/report.json", "w") as f:
-    json.dump(report, f)
 """
+    + REPORT_TENSORFLOW_ABSENCE
 )
 
 

@@ -31,7 +31,12 @@ from apps.translator.train import train
 from apps.translator.translate import ExportedTranslator, Translator
 from apps.translator.vectorization import count_words
 from tests.apps.translator.conftest import write_pairs_file
-from tests.backend_utils import BLOCK_TENSORFLOW, TENSORFLOW_SIDE_ONLY, run_python_script
+from tests.backend_utils import (
+    BLOCK_TENSORFLOW,
+    REPORT_TENSORFLOW_ABSENCE,
+    TENSORFLOW_SIDE_ONLY,
+    run_python_script,
+)
 
 pytestmark = TENSORFLOW_SIDE_ONLY
 
@@ -57,21 +62,8 @@ for name, path in (("jax_model", run_dir), ("tf_model", tf_model)):
     logits = model({SOURCE_INPUT: x["source"], DECODER_INPUT: x["decoder"]}, training=False)
     tokens = compile_decoder(TranslatorLayers(model))(x["sources"])
     np.savez(f"{out}/{name}_on_jax.npz", logits=np.asarray(logits), tokens=np.asarray(tokens))
-try:
-    import tensorflow  # noqa: F401
-
-    import_error = None
-except ImportError as e:
-    import_error = str(e)
-report = {
-    "rc": rc,
-    "backend": keras.backend.backend(),
-    "tensorflow_modules": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED),
-    "import_error": import_error,
-}
-with open(f"{out}/report.json", "w") as f:
-    json.dump(report, f)
 """
+    + REPORT_TENSORFLOW_ABSENCE
 )
 
 
