@@ -1,61 +1,51 @@
 """Command-line plumbing shared by the apps: error handling, common flags, run dirs.
 
 A user who mistypes a path should see one line saying what is wrong, not a
-traceback: `run_cli` turns the errors that come from user input into
-`error: <message>` on stderr and exit status 2 (argparse's own status for bad
-usage). TF Serving failures (`ServingError`: server unreachable, model or
-version not loaded, the server's own error) are reported the same way: they
-come from the URL and names the user gave.
+traceback: `run_cli` turns the project's user errors (`UserError` and its
+subclasses, `apps.common.errors`) into `error: <message>` on stderr and exit
+status 2 (argparse's own status for bad usage). TF Serving failures
+(`ServingError`: server unreachable, model or version not loaded, the server's
+own error) are reported the same way: they come from the URL and names the
+user gave. Anything else is a bug (in this project, Keras or TensorFlow) and
+keeps its traceback, exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from apps.common.model_io import ModelLoadError
-from apps.common.serving import ServingError  # Standard library only; no import cycle.
+from apps.common.errors import UserError
+from apps.common.rundir import default_run_dir  # noqa: F401  (re-exported for old imports)
+from apps.common.serving import ServingError
 
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-RUNS_ROOT_ENV = "APPS_RUNS_DIR"
 
 
-class CliError(Exception):
-    """An error caused by the user's input; shown without a traceback."""
+class CliError(UserError):
+    """A bad combination of command-line options; shown without a traceback."""
 
 
 # Errors that come from what the user passed (paths, files, values, server URLs).
-USER_ERRORS = (
-    CliError,
-    ModelLoadError,
-    ServingError,
-    FileNotFoundError,
-    ValueError,
-    ConnectionError,
-)
+USER_ERRORS = (UserError, ServingError)
 
 
 def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv=None) -> int:
     """Runs `main_fn(argv)` and returns its exit status.
 
-    User-input errors (`CliError`, `ModelLoadError`, `ServingError`,
-    `FileNotFoundError`, `ValueError`, `ConnectionError`) print
+    User errors (`UserError` and its subclasses, `ServingError`) print
     `error: <message>` to stderr and return 2; Ctrl-C returns 130. Other
-    exceptions (bugs) keep their traceback. argparse's own `SystemExit` passes
-    through unchanged.
+    exceptions (bugs) keep their traceback and exit with status 1. argparse's
+    own `SystemExit` passes through unchanged.
     """
     try:
         status = main_fn(argv)
     except USER_ERRORS as e:
         message = str(e) or type(e).__name__
-        if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in message:
-            message = f"{message}: {e.filename}"
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -100,20 +90,3 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
-
-
-def default_run_dir(app_name: str, root: str | os.PathLike | None = None) -> Path:
-    """A fresh `runs/<app_name>/<YYYYmmdd-HHMMSS>` folder path (not created).
-
-    `root` defaults to `$APPS_RUNS_DIR` or `runs` (relative to the working
-    directory; `runs/` is git-ignored). A numeric suffix keeps two runs started
-    in the same second apart.
-    """
-    root = Path(root if root is not None else os.environ.get(RUNS_ROOT_ENV, "runs"))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    candidate = root / app_name / stamp
-    n = 1
-    while candidate.exists():
-        candidate = root / app_name / f"{stamp}-{n}"
-        n += 1
-    return candidate

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from apps.common.errors import RunDirError, UserError
 from apps.common.io import atomic_write_json
 
 Cfg = TypeVar("Cfg")
@@ -95,29 +96,53 @@ def config_from_dict(cls: type[Cfg], d: Mapping[str, Any], _prefix: str = "") ->
     return cls(**kwargs)
 
 
-def save_config(cfg: Any, path: str | os.PathLike) -> Path:
-    """Writes the config as JSON to `path` atomically."""
-    return atomic_write_json(path, config_to_dict(cfg))
+APP_KEY = "app"
 
 
-def load_config(cls: type[Cfg], path: str | os.PathLike) -> Cfg:
+def save_config(cfg: Any, path: str | os.PathLike, app: str | None = None) -> Path:
+    """Writes the config as JSON to `path` atomically.
+
+    With `app`, the file also records which app wrote it (`"app": "translator"`),
+    so that another app's CLI can refuse the run directory by name.
+    """
+    data = config_to_dict(cfg)
+    if app is not None:
+        data = {APP_KEY: app, **data}
+    return atomic_write_json(path, data)
+
+
+def load_config(cls: type[Cfg], path: str | os.PathLike, app: str | None = None) -> Cfg:
     """Reads a config written by `save_config`.
 
+    Args:
+        cls: the config dataclass.
+        path: the `config.json` file.
+        app: the app that must have written it; a file that records another
+            app raises `RunDirError`. The `app` key itself is never a field.
+
     Raises:
-        FileNotFoundError: `path` does not exist.
-        ValueError: the file is not valid JSON or does not match `cls`.
+        UserError: `path` does not exist, is not valid JSON or does not match `cls`.
+        RunDirError: the file was written by another app than `app`.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise UserError(f"config file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"config file {path} is not valid JSON: {e}") from e
+        raise UserError(f"config file {path} is not valid JSON: {e}") from e
+    if isinstance(data, dict) and APP_KEY in data:
+        data = dict(data)
+        written_by = data.pop(APP_KEY)
+        if app is not None and written_by != app:
+            raise RunDirError(
+                f"config file {path} was written by the {written_by!r} app, not {app!r}: "
+                f"pass a run directory of this app."
+            )
     try:
         return config_from_dict(cls, data)
     except ValueError as e:
-        raise ValueError(f"config file {path}: {e}") from e
+        raise UserError(f"config file {path}: {e}") from e
 
 
 def get_preset(presets: Mapping[str, Callable[[], Cfg]], name: str) -> Cfg:
@@ -127,7 +152,7 @@ def get_preset(presets: Mapping[str, Callable[[], Cfg]], name: str) -> Cfg:
         ValueError: no preset has that name (the message lists the known ones).
     """
     if name not in presets:
-        raise ValueError(f"Unknown preset '{name}'. Known presets: {', '.join(sorted(presets))}.")
+        raise UserError(f"Unknown preset '{name}'. Known presets: {', '.join(sorted(presets))}.")
     return presets[name]()
 
 

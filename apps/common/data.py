@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from apps.common.errors import DataError, DownloadError, MissingFileError
+
 SHARED_DATA_ENV = "SHARED_DATA_DIR"
 # apps/common/data.py -> parents[2] is the project root; the data sits beside it.
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +40,7 @@ def find_shared_data(relative: str | os.PathLike, must_exist: bool = True) -> Pa
     """
     path = shared_data_dir() / relative
     if must_exist and not path.exists():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"shared data file not found: {path}. Put the shared data beside the checkout "
             f"(../shared/data), set {SHARED_DATA_ENV} to the folder holding '{relative}', "
             f"or pass --data PATH to a local copy."
@@ -75,7 +77,7 @@ def fetch_file(
     if local_path is not None:
         path = Path(local_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"data file not found: {path}")
+            raise MissingFileError(f"data file not found: {path}")
         return path
 
     import keras  # Imported here: finding a local file should not need Keras.
@@ -92,9 +94,9 @@ def fetch_file(
             cache_dir=None if cache_dir is None else os.fspath(cache_dir),
         )
     except ValueError as e:  # Checksum mismatch.
-        raise ValueError(f"downloaded file from {url} failed verification: {e}") from e
+        raise DataError(f"downloaded file from {url} failed verification: {e}") from e
     except Exception as e:  # get_file raises a bare Exception for URL errors.
-        raise ConnectionError(
+        raise DownloadError(
             f"could not download {url} ({e}); offline? pass --data PATH to a local copy."
         ) from e
     return Path(downloaded)

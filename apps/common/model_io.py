@@ -12,10 +12,12 @@ import os
 import zipfile
 from pathlib import Path
 
+from apps.common.errors import UserError
+
 MODEL_FILENAME = "model.keras"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(UserError):
     """A model file could not be found, read, or safely loaded."""
 
 

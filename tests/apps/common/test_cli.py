@@ -3,7 +3,9 @@ import argparse
 import pytest
 
 from apps.common.cli import CliError, add_common_train_args, default_run_dir, run_cli
+from apps.common.errors import DataError, DownloadError, MissingFileError, RunDirError
 from apps.common.model_io import ModelLoadError
+from apps.common.serving import ServerUnreachableError
 
 
 @pytest.mark.parametrize(
@@ -11,9 +13,11 @@ from apps.common.model_io import ModelLoadError
     [
         (CliError("bad flag value"), "error: bad flag value"),
         (ModelLoadError("model not found: x.keras"), "error: model not found: x.keras"),
-        (FileNotFoundError(2, "No such file", "/nope/data.npz"), "/nope/data.npz"),
-        (ValueError("Unknown preset 'huge'"), "error: Unknown preset 'huge'"),
-        (ConnectionError("could not download"), "error: could not download"),
+        (MissingFileError("data file not found: /nope/data.npz"), "/nope/data.npz"),
+        (DataError("x.npz has no 'train_images'"), "error: x.npz has no 'train_images'"),
+        (RunDirError("runs/x is a file"), "error: runs/x is a file"),
+        (DownloadError("could not download"), "error: could not download"),
+        (ServerUnreachableError("no server", attempts=3), "error: no server"),
     ],
 )
 def test_user_errors_exit_2_without_traceback(exc, text, capsys):
@@ -36,6 +40,24 @@ def test_status_passthrough_and_bugs_propagate():
 
     with pytest.raises(ZeroDivisionError):
         run_cli(buggy, [])
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ValueError("Invalid dtype: float99"),  # e.g. from inside Keras: a bug, not the user
+        FileNotFoundError(2, "No such file", "/tmp/internal"),
+        ConnectionError("socket closed"),
+    ],
+)
+def test_errors_outside_the_user_error_family_keep_their_traceback(exc):
+    # Only `UserError` (and `ServingError`) read as the user's mistake; anything
+    # else propagates, so Python prints the traceback and exits with status 1.
+    def main(argv):
+        raise exc
+
+    with pytest.raises(type(exc)):
+        run_cli(main, [])
 
 
 def test_common_train_args():

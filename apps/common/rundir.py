@@ -1,0 +1,102 @@
+"""Run directories: the default name, the app that wrote one, and their checks.
+
+A run directory is the folder `train` writes (model, config, history, metrics)
+and that `evaluate`, `predict`, `translate` and `export` read. Its
+`config.json` records which app wrote it (`"app": "medical_cnn"`), so that each
+CLI can say "this is a translator run, not a medical-cnn run" instead of
+failing somewhere inside the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from apps.common.errors import RunDirError
+
+RUNS_ROOT_ENV = "APPS_RUNS_DIR"
+CONFIG_FILE = "config.json"
+APP_KEY = "app"
+
+# The app names as they appear in run directories, and the command each is run with.
+APP_COMMANDS = {"medical_cnn": "medical-cnn", "translator": "translator"}
+# Config keys only one app has: how a run directory written before the `app`
+# key existed is recognised.
+_SIGNATURE_KEYS = {
+    "medical_cnn": {"pixel_mean", "class_names", "convs_per_stage"},
+    "translator": {"source_vocab_size", "target_vocab_size", "sequence_length"},
+}
+
+
+def default_run_dir(app_name: str, root: str | os.PathLike | None = None) -> Path:
+    """A fresh `runs/<app_name>/<YYYYmmdd-HHMMSS>` folder path (not created).
+
+    `root` defaults to `$APPS_RUNS_DIR` or `runs` (relative to the working
+    directory; `runs/` is git-ignored). A numeric suffix keeps two runs started
+    in the same second apart.
+    """
+    root = Path(root if root is not None else os.environ.get(RUNS_ROOT_ENV, "runs"))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate = root / app_name / stamp
+    n = 1
+    while candidate.exists():
+        candidate = root / app_name / f"{stamp}-{n}"
+        n += 1
+    return candidate
+
+
+def check_run_dir_path(run_dir: str | os.PathLike, option: str = "--run-dir") -> Path:
+    """Returns `run_dir` as a path that can be (or already is) a folder.
+
+    Raises:
+        RunDirError: the path, or one of its parents, is an existing file.
+    """
+    path = Path(run_dir).expanduser()
+    for candidate in (path, *path.parents):
+        if candidate.exists() and not candidate.is_dir():
+            raise RunDirError(
+                f"{option} {path}: {candidate} is a file, not a folder; pass a new or "
+                f"existing folder for the run."
+            )
+    return path
+
+
+def app_of_run(run_dir: str | os.PathLike) -> str | None:
+    """The app that wrote `run_dir` (`"medical_cnn"`, `"translator"`), or None if unknown.
+
+    Reads the `app` key of its `config.json`; for runs written before that
+    key existed, recognises the app by the config keys only it has.
+    """
+    path = Path(run_dir) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    app = config.get(APP_KEY)
+    if isinstance(app, str):
+        return app
+    for name, keys in _SIGNATURE_KEYS.items():
+        if keys <= config.keys():
+            return name
+    return None
+
+
+def check_run_app(run_dir: str | os.PathLike, app: str, option: str = "--model") -> None:
+    """Raises `RunDirError` when `run_dir` was written by another app than `app`.
+
+    A folder whose app cannot be told (no `config.json`, a foreign one) passes:
+    the model file itself is checked when it is loaded.
+    """
+    found = app_of_run(run_dir)
+    if found is None or found == app:
+        return
+    found_cmd = APP_COMMANDS.get(found, found)
+    cmd = APP_COMMANDS.get(app, app)
+    raise RunDirError(
+        f"{option} {run_dir}: this is a {found_cmd} run, not a {cmd} run; pass a run directory "
+        f"written by '{cmd} train' (or use '{found_cmd}' for this one)."
+    )
