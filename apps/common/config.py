@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from apps.common.errors import RunDirError, UserError
+from apps.common.errors import MissingFileError, RunDirError, UserError
 from apps.common.io import atomic_write_json
 
 Cfg = TypeVar("Cfg")
@@ -126,7 +126,7 @@ def load_config(cls: type[Cfg], path: str | os.PathLike, app: str | None = None)
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file not found: {path}")
+        raise MissingFileError(f"config file not found: {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
