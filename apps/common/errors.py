@@ -32,3 +32,7 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class DownloadError(UserError, ConnectionError):
     """An official file could not be downloaded (offline, URL gone): pass a local copy."""
+
+
+class TrainingDivergedError(UserError):
+    """Training stopped on a non-finite loss; the run is left unfinished (lower the learning rate)."""
