@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 
 import keras
+from keras import ops
 
 from custom_layers.layers.activation_layers import PReLU
 
@@ -176,7 +177,12 @@ class ConvBlock(keras.layers.Layer):
         pool_sigma: Gaussian width in pixels, for `pooling="distance_weighted"`.
         dropout: float in [0, 1), dropout rate after the pooling.
         data_format: `"channels_last"`, `"channels_first"` or None (Keras's
-            global `image_data_format`).
+            global `image_data_format`). The block always computes in
+            `channels_last` layout: `channels_first` inputs are transposed in
+            and the output transposed back, because TensorFlow's CPU kernels
+            have no `NCHW` convolution unless oneDNN is on (AMD CPUs without
+            AVX-512, `TF_ENABLE_ONEDNN_OPTS=0`). The weights are the same in
+            both layouts.
         kernel_initializer: initializer of the convolution kernel. The default,
             `"he_normal"`, suits ReLU-family activations (He et al. 2015).
         bias_initializer: initializer of the convolution bias (only used
@@ -291,6 +297,11 @@ class ConvBlock(keras.layers.Layer):
     def _channel_axis(self):
         return -1 if self.data_format == "channels_last" else 1
 
+    @property
+    def _transposes(self):
+        # The sublayers always compute in channels_last (see `data_format`).
+        return self.data_format == "channels_first"
+
     def _make_pooling(self):
         # Imported here, not at the top, because pooling.py imports
         # `conv_output_size` from this module.
@@ -300,7 +311,7 @@ class ConvBlock(keras.layers.Layer):
             pool_size=self.pool_size,
             strides=self.pool_strides,
             padding=self.pool_padding,
-            data_format=self.data_format,
+            data_format="channels_last",
             dtype=self.dtype_policy,
             name="pool",
         )
@@ -313,13 +324,16 @@ class ConvBlock(keras.layers.Layer):
         return DistanceWeightedPooling2D(sigma=self.pool_sigma, **common)
 
     def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if self._transposes:
+            input_shape = (input_shape[0], *input_shape[2:], input_shape[1])
         self.conv = keras.layers.Conv2D(
             self.filters,
             self.kernel_size,
             strides=self.strides,
             padding=self.padding,
             dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
+            data_format="channels_last",
             use_bias=not self.use_batch_norm,
             kernel_initializer=self.kernel_initializer,
             bias_initializer=self.bias_initializer,
@@ -334,7 +348,7 @@ class ConvBlock(keras.layers.Layer):
         self.batch_norm = None
         if self.use_batch_norm:
             self.batch_norm = keras.layers.BatchNormalization(
-                axis=self._channel_axis,
+                axis=-1,
                 momentum=self.batch_norm_momentum,
                 epsilon=self.batch_norm_epsilon,
                 synchronized=(
@@ -348,8 +362,7 @@ class ConvBlock(keras.layers.Layer):
         self.prelu = None
         if self.activation == "prelu":
             # One slope per channel: share it over the two spatial axes.
-            spatial_axes = [1, 2] if self.data_format == "channels_last" else [2, 3]
-            self.prelu = PReLU(shared_axes=spatial_axes, dtype=self.dtype_policy, name="prelu")
+            self.prelu = PReLU(shared_axes=[1, 2], dtype=self.dtype_policy, name="prelu")
             self.prelu.build(shape)
 
         self.pool = None
@@ -366,6 +379,8 @@ class ConvBlock(keras.layers.Layer):
             self.dropout_layer.build(shape)
 
     def call(self, inputs, training=None):
+        if self._transposes:
+            inputs = ops.transpose(inputs, (0, 2, 3, 1))
         x = self.conv(inputs)
         if self.batch_norm is not None:
             x = self.batch_norm(x, training=training)
@@ -374,6 +389,8 @@ class ConvBlock(keras.layers.Layer):
             x = self.pool(x)
         if self.dropout_layer is not None:
             x = self.dropout_layer(x, training=training)
+        if self._transposes:
+            x = ops.transpose(x, (0, 3, 1, 2))
         return x
 
     def compute_output_shape(self, input_shape):

@@ -1,8 +1,12 @@
 """Pooling layers beyond max and average: L2 pooling and Gaussian distance-weighted pooling.
 
-Both are written as a depthwise convolution with a fixed kernel (a constant,
-not a weight), computed in `channels_last` layout (`channels_first` inputs are
-transposed in and out), so they run on every Keras backend.
+Both apply one fixed kernel (a constant, not a weight) to every channel alike,
+so they are computed as a single-channel convolution over `batch * channels`
+images: the channels are folded into the batch, convolved with a
+`(h, w, 1, 1)` kernel, and unfolded. That uses only the plain `Conv2D` op in
+`NHWC` layout, which every TensorFlow CPU build has for any strides (TensorFlow's
+`DepthwiseConv2dNative` rejects unequal strides without oneDNN), and it runs on
+every Keras backend. `channels_first` inputs fold without a transpose.
 
 `padding="same"` follows Keras's convention: the output has `ceil(size / stride)`
 positions and the input is padded by `total // 2` before and the rest after,
@@ -46,21 +50,28 @@ class _FixedKernelPooling2D(keras.layers.Layer):
             )
         self.input_spec = keras.InputSpec(ndim=4, axes={channel_axis: input_shape[channel_axis]})
 
-    def _pool(self, inputs, kernel):
-        """Depthwise-convolve channels-last `inputs` with a `(h, w)` kernel, every channel alike."""
-        channels = inputs.shape[-1]
-        kernel = ops.convert_to_tensor(kernel[:, :, None, None], dtype=inputs.dtype)
-        kernel = ops.tile(kernel, (1, 1, channels, 1))
-        return ops.depthwise_conv(
-            inputs, kernel, strides=self.strides, padding=self.padding, data_format="channels_last"
+    def _convolve(self, images, kernel):
+        """Convolves single-channel `(n, h, w, 1)` images with a fixed `(h, w)` NumPy kernel."""
+        kernel = ops.convert_to_tensor(kernel[:, :, None, None], dtype=images.dtype)
+        return ops.conv(
+            images,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            data_format="channels_last",
         )
 
     def call(self, inputs):
-        if self.data_format == "channels_first":
-            inputs = ops.transpose(inputs, (0, 2, 3, 1))
-        outputs = self._pool_channels_last(inputs)
-        if self.data_format == "channels_first":
-            outputs = ops.transpose(outputs, (0, 3, 1, 2))
+        # Fold the channels into the batch: (n, c, h, w) -> (n * c, h, w, 1).
+        if self.data_format == "channels_last":
+            inputs = ops.transpose(inputs, (0, 3, 1, 2))
+        shape = ops.shape(inputs)
+        images = ops.reshape(inputs, (-1, shape[2], shape[3], 1))
+        pooled = self._pool_images(images)
+        out_shape = ops.shape(pooled)
+        outputs = ops.reshape(pooled, (-1, shape[1], out_shape[1], out_shape[2]))
+        if self.data_format == "channels_last":
+            outputs = ops.transpose(outputs, (0, 2, 3, 1))
         return outputs
 
     def compute_output_shape(self, input_shape):
@@ -130,8 +141,8 @@ class L2Pooling2D(_FixedKernelPooling2D):
     def __init__(self, pool_size=2, strides=None, padding="valid", data_format=None, **kwargs):
         super().__init__(pool_size, strides, padding, data_format, **kwargs)
 
-    def _pool_channels_last(self, inputs):
-        sum_of_squares = self._pool(ops.square(inputs), np.ones(self.pool_size))
+    def _pool_images(self, images):
+        sum_of_squares = self._convolve(ops.square(images), np.ones(self.pool_size))
         # Safe square root: sqrt is only evaluated (and differentiated) where the
         # sum is positive, so an all-zero window gives 0 and a zero gradient.
         positive = sum_of_squares > 0
@@ -211,16 +222,12 @@ class DistanceWeightedPooling2D(_FixedKernelPooling2D):
         self.sigma = float(sigma)
         self.window = gaussian_window(self.pool_size, self.sigma)
 
-    def _pool_channels_last(self, inputs):
-        outputs = self._pool(inputs, self.window)
+    def _pool_images(self, images):
+        outputs = self._convolve(images, self.window)
         if self.padding == "same":
             # Weight of the in-bounds positions of each window (1 inside the
             # input, less at the borders): renormalize by it.
-            ones = ops.ones_like(inputs[:1, :, :, :1])
-            kernel = ops.convert_to_tensor(self.window[:, :, None, None], dtype=inputs.dtype)
-            coverage = ops.conv(
-                ones, kernel, strides=self.strides, padding="same", data_format="channels_last"
-            )
+            coverage = self._convolve(ops.ones_like(images[:1]), self.window)
             outputs = outputs / coverage
         return outputs
 

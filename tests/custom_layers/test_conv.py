@@ -219,6 +219,38 @@ def test_layer_contract_channels_first(image, tmp_path):
     )
 
 
+@pytest.mark.parametrize("pooling", [None, "max", "average", "l2", "distance_weighted"])
+def test_channels_first_equals_channels_last_with_the_same_weights(image, pooling):
+    # channels_first runs on every CPU (the block computes in channels_last and
+    # transposes), and gives the channels_last result transposed, weights shared.
+    kwargs = dict(
+        filters=5,
+        strides=(1, 2),
+        activation="prelu",
+        pooling=pooling,
+        pool_size=(2, 3),
+        pool_strides=(1, 2),
+        pool_padding="same",
+    )
+    last = ConvBlock(data_format="channels_last", **kwargs)
+    first = ConvBlock(data_format="channels_first", **kwargs)
+    last.build(image.shape)
+    first.build(image.transpose(0, 3, 1, 2).shape)
+    assert [w.shape for w in first.weights] == [w.shape for w in last.weights]
+    first.set_weights(last.get_weights())
+    # Training updates the batch-norm statistics of both alike, then inference.
+    for training in (True, False):
+        got = first(image.transpose(0, 3, 1, 2), training=training)
+        want = last(image, training=training)
+        assert tuple(got.shape) == first.compute_output_shape(image.transpose(0, 3, 1, 2).shape)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got),
+            keras.ops.convert_to_numpy(want).transpose(0, 3, 1, 2),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+
+
 # ConvBlock: values.
 
 
