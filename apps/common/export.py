@@ -38,8 +38,11 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+from apps.common.errors import MissingFileError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -55,12 +58,8 @@ class ExportError(RuntimeError):
     """`write_fn` did not leave a complete SavedModel in the temporary folder."""
 
 
-def list_versions(base_dir: str | os.PathLike) -> list[int]:
-    """Returns the integer version folders of `base_dir`, sorted ascending.
-
-    Only folders whose whole name is an integer count (as for TF Serving); a
-    missing `base_dir` has no versions.
-    """
+def _numeric_folders(base_dir: str | os.PathLike) -> list[int]:
+    """Every folder of `base_dir` whose whole name is an integer, sorted ascending."""
     base = Path(base_dir)
     if not base.is_dir():
         return []
@@ -71,25 +70,61 @@ def list_versions(base_dir: str | os.PathLike) -> list[int]:
     )
 
 
+def list_versions(base_dir: str | os.PathLike) -> list[int]:
+    """Returns the versions of `base_dir`: its complete SavedModel folders, sorted ascending.
+
+    Only folders whose whole name is an integer count (as for TF Serving), and
+    only those that hold a complete SavedModel (`is_complete_saved_model`): an
+    empty or half-copied `3/` is no version (see `incomplete_versions`). A
+    missing `base_dir` has no versions.
+    """
+    base = Path(base_dir)
+    return [v for v in _numeric_folders(base) if is_complete_saved_model(base / str(v))]
+
+
+def incomplete_versions(base_dir: str | os.PathLike) -> list[int]:
+    """Integer folders of `base_dir` that hold no complete SavedModel (TF Serving fails on them)."""
+    base = Path(base_dir)
+    return [v for v in _numeric_folders(base) if not is_complete_saved_model(base / str(v))]
+
+
 def next_version(base_dir: str | os.PathLike) -> int:
-    """Returns the version number the next export gets: highest + 1, or 1."""
-    versions = list_versions(base_dir)
-    return versions[-1] + 1 if versions else 1
+    """Returns the version number the next export gets: highest integer folder + 1, or 1.
+
+    Incomplete integer folders count here, so that a number is never reused.
+    """
+    numbers = _numeric_folders(base_dir)
+    return numbers[-1] + 1 if numbers else 1
+
+
+def _incomplete_message(base: Path, numbers: list[int]) -> str:
+    folders = ", ".join(str(base / str(v)) for v in numbers)
+    return (
+        f"{folders} hold{'s' if len(numbers) == 1 else ''} no complete SavedModel "
+        f"(saved_model.pb and variables/): TF Serving would fail to load "
+        f"{'it' if len(numbers) == 1 else 'them'}. Remove "
+        f"{'it' if len(numbers) == 1 else 'them'}, or export again."
+    )
 
 
 def latest_version_path(base_dir: str | os.PathLike) -> Path:
     """Returns `base_dir/<highest version>`, the folder TF Serving serves by default.
 
     Raises:
-        FileNotFoundError: `base_dir` holds no integer version folder.
+        MissingFileError: `base_dir` holds no integer version folder.
+        UserError: the highest integer folder is not a complete SavedModel
+            (TF Serving would try to serve it and fail).
     """
-    versions = list_versions(base_dir)
-    if not versions:
-        raise FileNotFoundError(
+    base = Path(base_dir)
+    numbers = _numeric_folders(base)
+    if not numbers:
+        raise MissingFileError(
             f"no exported version under {base_dir}: expected integer folders such as "
-            f"{Path(base_dir) / '1'}; run the app's `export` command first."
+            f"{base / '1'}; run the app's `export` command first."
         )
-    return Path(base_dir) / str(versions[-1])
+    if not is_complete_saved_model(base / str(numbers[-1])):
+        raise UserError(_incomplete_message(base, [numbers[-1]]))
+    return base / str(numbers[-1])
 
 
 def is_complete_saved_model(path: str | os.PathLike) -> bool:
@@ -131,17 +166,21 @@ def export_versioned(
         no version folder is created in that case.
     """
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-        raise ValueError(f"keep must be a positive integer or None. Received: keep={keep!r}")
+        raise UserError(f"keep must be a positive integer or None. Received: keep={keep!r}")
     base = Path(base_dir)
     if base.exists() and not base.is_dir():
-        raise ValueError(f"base_dir must be a folder, but {base} is a file.")
+        raise UserError(f"base_dir must be a folder, but {base} is a file.")
     if any((base / name).exists() for name in _SAVED_MODEL_FILES):
-        raise ValueError(
+        raise UserError(
             f"base_dir {base} is itself a SavedModel; pass the model's base path "
             f"(the folder that holds the integer versions), e.g. {base.parent}."
         )
     base.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(base)
+    incomplete = incomplete_versions(base)
+    if incomplete:
+        # The export itself can go on (it takes the next number, above these).
+        warnings.warn(_incomplete_message(base, incomplete), stacklevel=2)
 
     tmp = base / f"{TMP_EXPORT_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
     tmp.mkdir()
@@ -181,7 +220,7 @@ def prune_versions(
     (`model_version_policy { specific { ... } }`) is not known here.
     """
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ValueError(f"keep must be a positive integer. Received: keep={keep!r}")
+        raise UserError(f"keep must be a positive integer. Received: keep={keep!r}")
     base = Path(base_dir)
     protected = set(protect)
     removed = []

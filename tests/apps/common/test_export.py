@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from apps.common import export
+from apps.common.errors import UserError
 from apps.common.export import (
     ExportError,
     export_versioned,
@@ -64,9 +65,28 @@ def test_versions_are_numbered_one_two_three(tmp_path):
 def test_list_versions_counts_only_integer_folders(tmp_path):
     for name in ["2", "10", "abc", "3a", ".tmp-export-1-ab"]:
         (tmp_path / name).mkdir()
+        _fake_saved_model(tmp_path / name)
     (tmp_path / "7").write_text("a file, not a version")
     assert list_versions(tmp_path) == [2, 10]
     assert next_version(tmp_path) == 11
+
+
+def test_an_empty_integer_folder_is_no_version(tmp_path):
+    # An empty (or half-copied) `12/` is no version: it is not listed, the next
+    # export warns about it and numbers past it, and reading the latest version
+    # names it instead of handing TF Serving's loader an empty folder.
+    (tmp_path / "2").mkdir()
+    _fake_saved_model(tmp_path / "2")
+    (tmp_path / "12").mkdir()
+    assert list_versions(tmp_path) == [2]
+    assert export.incomplete_versions(tmp_path) == [12]
+    with pytest.raises(UserError, match=r"12 holds no complete SavedModel.*Remove it"):
+        latest_version_path(tmp_path)
+    with pytest.warns(UserWarning, match=r"12 holds no complete SavedModel"):
+        new = export_versioned(tmp_path, _fake_saved_model)
+    assert new == tmp_path / "13"
+    assert list_versions(tmp_path) == [2, 13]
+    assert latest_version_path(tmp_path) == new
 
 
 def test_latest_version_path_without_versions_names_the_folder(tmp_path):
@@ -91,7 +111,8 @@ def test_stale_version_number_skips_existing_folders(tmp_path, monkeypatch):
     _fake_saved_model(tmp_path / "1", "old")
     (tmp_path / "2").mkdir()  # Empty: os.rename would silently replace it.
     monkeypatch.setattr(export, "next_version", lambda base: 1)
-    new = export_versioned(tmp_path, lambda p: _fake_saved_model(p, "new"))
+    with pytest.warns(UserWarning, match="2 holds no complete SavedModel"):
+        new = export_versioned(tmp_path, lambda p: _fake_saved_model(p, "new"))
     assert new == tmp_path / "3"
     assert (tmp_path / "1" / "saved_model.pb").read_text() == "old"
     assert list((tmp_path / "2").iterdir()) == []
@@ -131,6 +152,7 @@ def test_keep_prunes_older_versions(tmp_path):
 def test_prune_never_removes_protected_versions(tmp_path):
     for v in range(1, 5):
         (tmp_path / str(v)).mkdir()
+        _fake_saved_model(tmp_path / str(v))
     assert prune_versions(tmp_path, keep=1, protect=[2]) == [1, 3]
     assert list_versions(tmp_path) == [2, 4]
     assert _entries(tmp_path) == ["2", "4"]
