@@ -9,6 +9,7 @@ temporary file lives beside the destination, not in `/tmp`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -64,11 +65,32 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable: {obj!r}")
 
 
+def _finite_or_none(obj: Any) -> Any:
+    """`obj` with every NaN or infinite float (NumPy ones too) replaced by None."""
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.ndarray):
+        return _finite_or_none(obj.tolist())
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Standard JSON text for `obj`: NumPy values and paths converted, NaN and infinities as null.
+
+    Python's `json` writes `NaN`, which is not JSON (other readers reject it);
+    an undefined figure (an AUC on one class, say) is written `null` instead.
+    """
+    return json.dumps(_finite_or_none(obj), indent=indent, default=_json_default, allow_nan=False)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
-    """Writes `obj` as JSON (NumPy values and paths converted) to `path` atomically.
+    """Writes `obj` as JSON (see `to_json`) to `path` atomically.
 
     The object is serialized before anything touches the disk, so an object
     that is not JSON-serializable raises `TypeError` and leaves `path` as it was.
     """
-    text = json.dumps(obj, indent=indent, default=_json_default, allow_nan=True)
-    return atomic_write_text(path, text + "\n")
+    return atomic_write_text(path, to_json(obj, indent=indent) + "\n")

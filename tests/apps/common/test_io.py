@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from apps.common.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from apps.common.io import atomic_write_bytes, atomic_write_json, atomic_write_text, to_json
 
 
 def test_write_text_creates_parents_and_replaces(tmp_path):
@@ -58,3 +58,25 @@ def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path):
     plain.write_text("x")
     written = atomic_write_text(tmp_path / "atomic.txt", "x")
     assert (written.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+
+
+def test_json_writes_null_for_nan_and_infinities(tmp_path):
+    # `NaN` is not JSON: strict readers (and `json.loads(..., parse_constant=...)`) reject it.
+    obj = {
+        "auc": float("nan"),
+        "loss": [1.5, float("inf"), np.float32("nan")],
+        "mean": np.array([0.5, -np.inf]),
+        "n": np.int64(3),
+    }
+    path = atomic_write_json(tmp_path / "m.json", obj)
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "auc": None,
+        "loss": [1.5, None, None],
+        "mean": [0.5, None],
+        "n": 3,
+    }
+    assert json.loads(to_json(obj), parse_constant=refuse)["auc"] is None
