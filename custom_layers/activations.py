@@ -16,24 +16,12 @@ negative_slope` and `elu'(0) = alpha`. (Keras's JAX backend gives
 `leaky_relu'(0) = 1`; these functions give the same value on every backend.)
 """
 
-import numbers
-
 import keras
 from keras import ops
 
+from custom_layers._validation import check_non_negative
+
 __all__ = ["elu", "get", "leaky_relu", "relu", "sigmoid", "tanh"]
-
-
-def _check_non_negative(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not value >= 0
-        or value == float("inf")
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a finite number >= 0. Received: {name}={value!r}"
-        )
 
 
 def _negative_abs(x):
@@ -85,7 +73,7 @@ def leaky_relu(x, negative_slope=0.2):
     Reference:
         - [Maas et al., 2013](https://ai.stanford.edu/~amaas/papers/relu_hybrid_icml2013_final.pdf)
     """
-    _check_non_negative("negative_slope", negative_slope)
+    check_non_negative("negative_slope", negative_slope)
     x = ops.convert_to_tensor(x)
     return ops.where(x > 0, x, negative_slope * x)
 
@@ -114,7 +102,7 @@ def elu(x, alpha=1.0):
     Reference:
         - [Clevert et al., 2016](https://arxiv.org/abs/1511.07289)
     """
-    _check_non_negative("alpha", alpha)
+    check_non_negative("alpha", alpha)
     x = ops.convert_to_tensor(x)
     negative_part = ops.where(x > 0, ops.zeros_like(x), x)
     return ops.where(x > 0, x, alpha * ops.expm1(negative_part))

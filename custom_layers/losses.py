@@ -21,11 +21,17 @@ Conventions shared by the cross-entropies, matching Keras:
   `y * (1 - label_smoothing) + 0.5 * label_smoothing`).
 """
 
-import numbers
-
 import keras
 import numpy as np
 from keras import ops
+
+from custom_layers._validation import (
+    check_bool,
+    check_int,
+    check_non_negative,
+    check_range,
+    sparse_token_ids,
+)
 
 __all__ = [
     "BinaryCrossentropy",
@@ -58,36 +64,6 @@ _register = keras.saving.register_keras_serializable(package="custom_layers")
 # ----------------------------------------------------------------------------
 
 
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_bool(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"Argument `{name}` must be True or False. Received: {name}={value!r}")
-    return bool(value)
-
-
-def _check_range(name, value, low, high, low_open=False):
-    """Checks `low <= value <= high` (`low < value` if `low_open`)."""
-    ok = _is_number(value) and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(
-            f"Argument `{name}` must be a number in {bracket}{low}, {high}]. "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
-
-
-def _check_non_negative(name, value):
-    if not (_is_number(value) and 0 <= value < float("inf")):
-        raise ValueError(
-            f"Argument `{name}` must be a finite number >= 0. Received: {name}={value!r}"
-        )
-    return float(value)
-
-
 def _check_class_weights(class_weights, num_classes=None):
     """Returns `class_weights` as a list of floats after checking it."""
     try:
@@ -115,34 +91,6 @@ def _check_class_weights(class_weights, num_classes=None):
     return [float(w) for w in weights]
 
 
-def check_pad_id(pad_id):
-    """`pad_id` as an int; a ValueError unless it is an integer (bools are refused)."""
-    if isinstance(pad_id, bool) or not isinstance(pad_id, numbers.Integral):
-        raise ValueError(f"Argument `pad_id` must be an integer. Received: pad_id={pad_id!r}")
-    return int(pad_id)
-
-
-def sparse_token_ids(y_true, y_pred):
-    """`y_true` as int32 token ids `(batch, T)` for predictions `(batch, T, vocab_size)`.
-
-    A trailing axis of size 1 on `y_true` is dropped. Shared by the masked
-    sequence loss and `custom_layers.metrics.MaskedAccuracy`.
-
-    Raises:
-        ValueError: the ranks do not fit that pattern.
-    """
-    y_true = ops.cast(y_true, "int32")
-    if len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == 1:
-        y_true = ops.squeeze(y_true, -1)
-    if len(y_true.shape) + 1 != len(y_pred.shape):
-        raise ValueError(
-            "Expected `y_true` of shape (batch, T) holding token ids and `y_pred` of "
-            "shape (batch, T, vocab_size). "
-            f"Received: y_true.shape={y_true.shape}, y_pred.shape={y_pred.shape}"
-        )
-    return y_true
-
-
 # ----------------------------------------------------------------------------
 # Shared pieces of the cross-entropies.
 # ----------------------------------------------------------------------------
@@ -152,8 +100,8 @@ def _crossentropy_options(from_logits, label_smoothing, **checked):
     """The checked `from_logits` and `label_smoothing` after `checked` (already checked) options."""
     return {
         **checked,
-        "from_logits": _check_bool("from_logits", from_logits),
-        "label_smoothing": _check_range("label_smoothing", label_smoothing, 0.0, 1.0),
+        "from_logits": check_bool("from_logits", from_logits),
+        "label_smoothing": check_range("label_smoothing", label_smoothing, 0.0, 1.0),
     }
 
 
@@ -267,8 +215,8 @@ def binary_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=0.0):
     Returns:
         Tensor of shape `(batch, ...)`.
     """
-    from_logits = _check_bool("from_logits", from_logits)
-    label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    from_logits = check_bool("from_logits", from_logits)
+    label_smoothing = check_range("label_smoothing", label_smoothing, 0.0, 1.0)
     y_true, y_pred = _prepare(y_true, y_pred)
     y_true = _smooth(y_true, label_smoothing, 2.0)
     log_p, log_not_p = _binary_log_probs(y_pred, from_logits)
@@ -289,8 +237,8 @@ def categorical_crossentropy(y_true, y_pred, from_logits=False, label_smoothing=
     Returns:
         Tensor of shape `(batch, ...)`.
     """
-    from_logits = _check_bool("from_logits", from_logits)
-    label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    from_logits = check_bool("from_logits", from_logits)
+    label_smoothing = check_range("label_smoothing", label_smoothing, 0.0, 1.0)
     y_true, y_pred = _prepare(y_true, y_pred)
     y_true = _smooth(y_true, label_smoothing, _num_classes(y_pred))
     log_p = _categorical_log_probs(y_pred, from_logits)
@@ -317,8 +265,8 @@ def weighted_categorical_crossentropy(
     Returns:
         Tensor of shape `(batch, ...)`.
     """
-    from_logits = _check_bool("from_logits", from_logits)
-    label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    from_logits = check_bool("from_logits", from_logits)
+    label_smoothing = check_range("label_smoothing", label_smoothing, 0.0, 1.0)
     y_true, y_pred = _prepare(y_true, y_pred)
     class_weights = _check_class_weights(class_weights, y_pred.shape[-1])
     weights = ops.convert_to_tensor(class_weights, dtype=y_pred.dtype)
@@ -349,8 +297,8 @@ def weighted_binary_crossentropy(
     Returns:
         Tensor of shape `(batch, ...)`.
     """
-    from_logits = _check_bool("from_logits", from_logits)
-    label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    from_logits = check_bool("from_logits", from_logits)
+    label_smoothing = check_range("label_smoothing", label_smoothing, 0.0, 1.0)
     negative_weight, positive_weight = _check_class_weights(class_weights, 2)
     y_true, y_pred = _prepare(y_true, y_pred)
     y_true = _smooth(y_true, label_smoothing, 2.0)
@@ -387,10 +335,10 @@ def binary_focal_crossentropy(
     Reference:
         - [Lin et al., 2017](https://arxiv.org/abs/1708.02002)
     """
-    alpha = _check_range("alpha", alpha, 0.0, 1.0)
-    gamma = _check_non_negative("gamma", gamma)
-    from_logits = _check_bool("from_logits", from_logits)
-    label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    alpha = check_range("alpha", alpha, 0.0, 1.0)
+    gamma = check_non_negative("gamma", gamma)
+    from_logits = check_bool("from_logits", from_logits)
+    label_smoothing = check_range("label_smoothing", label_smoothing, 0.0, 1.0)
     y_true, y_pred = _prepare(y_true, y_pred)
     y_true = _smooth(y_true, label_smoothing, 2.0)
     log_p, log_not_p = _binary_log_probs(y_pred, from_logits)
@@ -425,10 +373,10 @@ def categorical_focal_crossentropy(
     Reference:
         - [Lin et al., 2017](https://arxiv.org/abs/1708.02002)
     """
-    alpha = _check_range("alpha", alpha, 0.0, 1.0)
-    gamma = _check_non_negative("gamma", gamma)
-    from_logits = _check_bool("from_logits", from_logits)
-    label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    alpha = check_range("alpha", alpha, 0.0, 1.0)
+    gamma = check_non_negative("gamma", gamma)
+    from_logits = check_bool("from_logits", from_logits)
+    label_smoothing = check_range("label_smoothing", label_smoothing, 0.0, 1.0)
     y_true, y_pred = _prepare(y_true, y_pred)
     y_true = _smooth(y_true, label_smoothing, _num_classes(y_pred))
     log_p = _categorical_log_probs(y_pred, from_logits)
@@ -468,8 +416,8 @@ def generalized_crossentropy(y_true, y_pred, q=0.7, from_logits=False):
     Reference:
         - [Zhang and Sabuncu, 2018](https://arxiv.org/abs/1805.07836)
     """
-    q = _check_range("q", q, 0.0, 1.0, low_open=True)
-    from_logits = _check_bool("from_logits", from_logits)
+    q = check_range("q", q, 0.0, 1.0, low_open=True)
+    from_logits = check_bool("from_logits", from_logits)
     y_pred = ops.convert_to_tensor(y_pred)
     binary = y_pred.shape[-1] == 1
     y_true, y_pred = _prepare(y_true, y_pred)
@@ -506,9 +454,9 @@ def masked_sparse_categorical_crossentropy(
         `y_true == pad_id`. Average it over the real tokens with
         `MaskedSparseCategoricalCrossentropy`.
     """
-    pad_id = check_pad_id(pad_id)
-    from_logits = _check_bool("from_logits", from_logits)
-    label_smoothing = _check_range("label_smoothing", label_smoothing, 0.0, 1.0)
+    pad_id = check_int("pad_id", pad_id)
+    from_logits = check_bool("from_logits", from_logits)
+    label_smoothing = check_range("label_smoothing", label_smoothing, 0.0, 1.0)
     y_pred = ops.convert_to_tensor(y_pred)
     if not keras.backend.is_float_dtype(y_pred.dtype):
         y_pred = ops.cast(y_pred, keras.config.floatx())
@@ -829,8 +777,8 @@ class BinaryFocalCrossentropy(_FunctionLoss):
         options = _crossentropy_options(
             from_logits,
             label_smoothing,
-            alpha=_check_range("alpha", alpha, 0.0, 1.0),
-            gamma=_check_non_negative("gamma", gamma),
+            alpha=check_range("alpha", alpha, 0.0, 1.0),
+            gamma=check_non_negative("gamma", gamma),
         )
         super().__init__(binary_focal_crossentropy, options, name, reduction, dtype)
 
@@ -881,8 +829,8 @@ class CategoricalFocalCrossentropy(_FunctionLoss):
         options = _crossentropy_options(
             from_logits,
             label_smoothing,
-            alpha=_check_range("alpha", alpha, 0.0, 1.0),
-            gamma=_check_non_negative("gamma", gamma),
+            alpha=check_range("alpha", alpha, 0.0, 1.0),
+            gamma=check_non_negative("gamma", gamma),
         )
         super().__init__(categorical_focal_crossentropy, options, name, reduction, dtype)
 
@@ -932,8 +880,8 @@ class GeneralizedCrossentropy(_FunctionLoss):
         dtype=None,
     ):
         options = {
-            "q": _check_range("q", q, 0.0, 1.0, low_open=True),
-            "from_logits": _check_bool("from_logits", from_logits),
+            "q": check_range("q", q, 0.0, 1.0, low_open=True),
+            "from_logits": check_bool("from_logits", from_logits),
         }
         super().__init__(generalized_crossentropy, options, name, reduction, dtype)
 
@@ -1013,7 +961,9 @@ class MaskedSparseCategoricalCrossentropy(_FunctionLoss):
         name="masked_sparse_categorical_crossentropy",
         dtype=None,
     ):
-        options = _crossentropy_options(from_logits, label_smoothing, pad_id=check_pad_id(pad_id))
+        options = _crossentropy_options(
+            from_logits, label_smoothing, pad_id=check_int("pad_id", pad_id)
+        )
         super().__init__(masked_sparse_categorical_crossentropy, options, name, reduction, dtype)
 
     def __call__(self, y_true, y_pred, sample_weight=None):

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from custom_layers.losses import check_pad_id, sparse_token_ids
+from custom_layers._validation import check_int, sparse_token_ids
 
 __all__ = ["MaskedAccuracy"]
 
@@ -43,7 +43,7 @@ class MaskedAccuracy(keras.metrics.Metric):
 
     def __init__(self, pad_id=0, name="masked_accuracy", dtype=None):
         super().__init__(name=name, dtype=dtype)
-        self.pad_id = check_pad_id(pad_id)
+        self.pad_id = check_int("pad_id", pad_id)
         self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from apps.common.errors import UserError
 from apps.common.rundir import default_run_dir  # noqa: F401  (re-exported for old imports)
-from apps.common.serving import ServingError
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -30,14 +29,15 @@ class CliError(UserError):
     """A bad combination of command-line options; shown without a traceback."""
 
 
-# Errors that come from what the user passed (paths, files, values, server URLs).
-USER_ERRORS = (UserError, ServingError)
+# Errors that come from what the user passed (paths, files, values, server URLs);
+# `apps.common.serving.ServingError` is one of them.
+USER_ERRORS = (UserError,)
 
 
 def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv=None) -> int:
     """Runs `main_fn(argv)` and returns its exit status.
 
-    User errors (`UserError` and its subclasses, `ServingError`) print
+    User errors (`UserError` and its subclasses, `ServingError` among them) print
     `error: <message>` to stderr and return 2; Ctrl-C returns 130. Other
     exceptions (bugs) keep their traceback and exit with status 1. argparse's
     own `SystemExit` passes through unchanged.

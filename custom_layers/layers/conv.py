@@ -1,4 +1,4 @@
-"""Convolution building blocks: output-size arithmetic and `ConvBlock`."""
+"""Convolution building blocks: `ConvBlock` (and `conv_output_size`, re-exported)."""
 
 from __future__ import annotations
 
@@ -7,113 +7,17 @@ import numbers
 import keras
 from keras import ops
 
+from custom_layers._validation import (
+    is_int,
+    normalize_data_format,
+    normalize_padding,
+    normalize_pair,
+)
 from custom_layers.layers.activation_layers import PReLU
+from custom_layers.layers.conv_arithmetic import conv_output_size
+from custom_layers.layers.pooling import DistanceWeightedPooling2D, L2Pooling2D
 
 POOLING_TYPES = ("max", "average", "l2", "distance_weighted")
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def normalize_pair(value, name):
-    """Return `value` (an int or a pair of ints) as a tuple of two positive ints."""
-    pair = (value, value) if _is_int(value) else value
-    if (
-        not isinstance(pair, (tuple, list))
-        or len(pair) != 2
-        or not all(_is_int(v) and v > 0 for v in pair)
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer or a tuple of two positive integers. "
-            f"Received: {name}={value!r}"
-        )
-    return tuple(int(v) for v in pair)
-
-
-def normalize_padding(value, name="padding"):
-    """Return `"valid"` or `"same"` (any case accepted), else raise."""
-    if isinstance(value, str) and value.lower() in ("valid", "same"):
-        return value.lower()
-    raise ValueError(f'`{name}` must be "valid" or "same". Received: {name}={value!r}')
-
-
-def normalize_data_format(value):
-    """Return `"channels_last"` or `"channels_first"`; `None` means Keras's global default."""
-    data_format = keras.config.image_data_format() if value is None else value
-    if isinstance(data_format, str) and data_format.lower() in ("channels_last", "channels_first"):
-        return data_format.lower()
-    raise ValueError(
-        '`data_format` must be None, "channels_last" or "channels_first". '
-        f"Received: data_format={value!r}"
-    )
-
-
-def conv_output_size(input_size, kernel_size, padding=0, stride=1, dilation=1):
-    """Length of a convolution's (or a pooling's) output along one spatial axis.
-
-    For an input of size `W`, a kernel of size `F` (dilated to
-    `dilation * (F - 1) + 1`), `P` zeros of padding on each side and stride `S`,
-    the output has `floor((W - F + 2P) / S) + 1` positions. `padding` may also be
-    one of Keras's modes: `"valid"` (no padding, `P = 0`) or `"same"` (Keras pads
-    so that the output has `ceil(W / S)` positions).
-
-    Args:
-        input_size: positive int, the input length `W`.
-        kernel_size: positive int, the kernel (or pooling window) length `F`.
-        padding: non-negative int `P` (zeros added on *each* side), `"valid"`
-            or `"same"`.
-        stride: positive int `S`.
-        dilation: positive int, the kernel's dilation rate.
-
-    Returns:
-        The output length, a positive int.
-
-    Raises:
-        ValueError: if a size, stride or dilation is not a positive int, if
-            `padding` is negative or an unknown mode, or if the padded input is
-            shorter than the (dilated) kernel, so that there is no output.
-
-    Example:
-
-    >>> conv_output_size(28, 3)                      # 3x3 conv, no padding
-    26
-    >>> conv_output_size(28, 5, padding=2, stride=2)  # floor((28 - 5 + 4) / 2) + 1
-    14
-    >>> conv_output_size(28, 3, padding="same", stride=2)
-    14
-
-    Reference:
-        Dumoulin & Visin, "A guide to convolution arithmetic for deep learning",
-        2016 (https://arxiv.org/abs/1603.07285), relationship 6.
-    """
-    for name, value in (
-        ("input_size", input_size),
-        ("kernel_size", kernel_size),
-        ("stride", stride),
-        ("dilation", dilation),
-    ):
-        if not _is_int(value) or value <= 0:
-            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    if isinstance(padding, str):
-        if normalize_padding(padding) == "same":
-            return -(-input_size // stride)  # ceil(W / S)
-        padding = 0
-    elif not _is_int(padding) or padding < 0:
-        raise ValueError(
-            '`padding` must be a non-negative integer, "valid" or "same". '
-            f"Received: padding={padding!r}"
-        )
-    effective_kernel = dilation * (kernel_size - 1) + 1
-    padded = input_size + 2 * padding
-    if padded < effective_kernel:
-        raise ValueError(
-            f"The padded input ({padded}) is shorter than the dilated kernel "
-            f"({effective_kernel}), so the convolution has no output; use a smaller kernel, "
-            f"more padding or padding='same'. Received: input_size={input_size}, "
-            f"kernel_size={kernel_size}, padding={padding}, dilation={dilation}"
-        )
-    return (padded - effective_kernel) // stride + 1
 
 
 def _resolve_activation(identifier):
@@ -251,7 +155,7 @@ class ConvBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not _is_int(filters) or filters <= 0:
+        if not is_int(filters) or filters <= 0:
             raise ValueError(f"`filters` must be a positive integer. Received: filters={filters!r}")
         if pooling is not None and pooling not in POOLING_TYPES:
             raise ValueError(
@@ -303,10 +207,6 @@ class ConvBlock(keras.layers.Layer):
         return self.data_format == "channels_first"
 
     def _make_pooling(self):
-        # Imported here, not at the top, because pooling.py imports
-        # `conv_output_size` from this module.
-        from custom_layers.layers.pooling import DistanceWeightedPooling2D, L2Pooling2D
-
         common = dict(
             pool_size=self.pool_size,
             strides=self.pool_strides,

@@ -11,10 +11,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+from custom_layers._validation import check_positive_int
 
 
 def _check_static_start_index(start_index, length, sequence_length=None):
@@ -92,9 +89,9 @@ class PositionalEmbedding(keras.layers.Layer):
         embeddings_initializer="uniform",
         **kwargs,
     ):
-        _check_positive_int("sequence_length", sequence_length)
-        _check_positive_int("vocab_size", vocab_size)
-        _check_positive_int("embed_dim", embed_dim)
+        check_positive_int("sequence_length", sequence_length)
+        check_positive_int("vocab_size", vocab_size)
+        check_positive_int("embed_dim", embed_dim)
         if not isinstance(mask_zero, bool):
             raise ValueError(f"`mask_zero` must be a bool. Received: mask_zero={mask_zero!r}")
         super().__init__(**kwargs)

@@ -22,12 +22,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from custom_layers.layers.conv import (
-    conv_output_size,
-    normalize_data_format,
-    normalize_padding,
-    normalize_pair,
-)
+from custom_layers._validation import normalize_data_format, normalize_padding, normalize_pair
+from custom_layers.layers.conv_arithmetic import conv_output_size
 
 
 class _FixedKernelPooling2D(keras.layers.Layer):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from custom_layers._validation import check_positive_int
 from custom_layers.layers.attention import CachedMultiHeadAttention
 
 
@@ -85,11 +86,6 @@ def merge_padding_and_attention_mask(padding_mask=None, attention_mask=None):
     return mask
 
 
-def _check_positive_int(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-
-
 def _clone_initializer(initializer):
     # One instance per sublayer: a shared seeded instance would repeat values.
     return initializer.__class__.from_config(initializer.get_config())
@@ -111,10 +107,10 @@ class _TransformerBlock(keras.layers.Layer):
         bias_initializer="zeros",
         **kwargs,
     ):
-        _check_positive_int("intermediate_dim", intermediate_dim)
-        _check_positive_int("num_heads", num_heads)
+        check_positive_int("intermediate_dim", intermediate_dim)
+        check_positive_int("num_heads", num_heads)
         if key_dim is not None:
-            _check_positive_int("key_dim", key_dim)
+            check_positive_int("key_dim", key_dim)
         if (
             not isinstance(dropout, (int, float))
             or isinstance(dropout, bool)
