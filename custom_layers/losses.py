@@ -886,26 +886,6 @@ class GeneralizedCrossentropy(_FunctionLoss):
         super().__init__(generalized_crossentropy, options, name, reduction, dtype)
 
 
-def _sum_over_replicas(value):
-    """`value` summed over the replicas of the current `tf.distribute` strategy.
-
-    Keras sums the replicas' gradients under `tf.distribute` (its own losses
-    divide each replica's mean by the number of replicas). A mean over tokens
-    must divide by the tokens of the whole global batch, which replicas with
-    differently padded shares only know together. Elsewhere (one device, or
-    JAX, whose distributed step is one program over the global batch) the
-    value is returned unchanged.
-    """
-    if keras.backend.backend() != "tensorflow":
-        return value
-    import tensorflow as tf  # Only under the TensorFlow backend, as Keras's own losses do.
-
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return value
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
-
-
 @_register
 class MaskedSparseCategoricalCrossentropy(_FunctionLoss):
     """Token-level cross-entropy averaged over the real (non-pad) tokens only.
@@ -989,8 +969,20 @@ class MaskedSparseCategoricalCrossentropy(_FunctionLoss):
             total = ops.sum(losses)
             if self.reduction == "sum":
                 return total
-            # Under tf.distribute each replica sees a share of the batch and the
-            # replicas' gradients are summed: divide by the global count.
             if self.reduction == "mean_with_sample_weight":
-                return ops.divide_no_nan(total, _sum_over_replicas(ops.sum(weights)))
-            return ops.divide_no_nan(total, _sum_over_replicas(num_tokens))
+                return ops.divide_no_nan(total, self.global_count(ops.sum(weights)))
+            return ops.divide_no_nan(total, self.global_count(num_tokens))
+
+    def global_count(self, count):
+        """The number of real tokens (or their weight) in the whole global batch.
+
+        The mean divides by it. Where one program sees the whole batch (one
+        device, or JAX's data parallelism) that is `count` itself, which this
+        returns. Under a `tf.distribute` strategy each replica sees a share of
+        the batch and the replicas' gradients are summed, so the mean must
+        divide by the count summed over the replicas: the training code adapts
+        this loss object for that (`apps.common.distribute.Distribution.prepare_model`
+        replaces this method on the instance by an all-reduce), which keeps
+        this library free of TensorFlow-only code.
+        """
+        return count

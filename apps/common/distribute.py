@@ -315,6 +315,38 @@ class Distribution:
             _clip_after_cross_replica_sum(optimizer)
         return optimizer
 
+    def prepare_loss(self, loss):
+        """Makes a loss that averages over the global batch (`global_count`) see all replicas.
+
+        `custom_layers.losses.MaskedSparseCategoricalCrossentropy` divides by
+        the number of real tokens of the batch, which under a TensorFlow
+        strategy each replica only knows for its own share. For such a loss,
+        with several TensorFlow replicas, this replaces the object's
+        `global_count` by a sum over the replicas (an all-reduce per step).
+        Other losses, one replica and JAX are left as they are. Only this
+        object is adapted, not its class or config.
+
+        Returns:
+            The same loss.
+        """
+        if self.backend == "tensorflow" and self.num_replicas > 1 and hasattr(loss, "global_count"):
+            loss.global_count = _sum_over_replicas
+        return loss
+
+    def prepare_model(self, model):
+        """`prepare_optimizer` and `prepare_loss` for a compiled model, inside `scope()`, before `fit`.
+
+        Returns:
+            The same model.
+        """
+        self.prepare_optimizer(model.optimizer)
+        losses = model.loss if isinstance(model.loss, (list, tuple)) else [model.loss]
+        if isinstance(model.loss, dict):
+            losses = list(model.loss.values())
+        for loss in losses:
+            self.prepare_loss(loss)
+        return model
+
     def describe(self) -> dict:
         """A JSON-friendly summary (stored in an app's metrics)."""
         info = {
@@ -434,6 +466,19 @@ def distribution_scope(name: str = "none", backend: str | None = None) -> Iterat
 
 
 # --------------------------------------------------------------------------- Keras workarounds
+
+
+def _sum_over_replicas(value):
+    """`value` summed over the replicas of the current `tf.distribute` replica context.
+
+    Outside a replica context (or with one replica) `value` itself.
+    """
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
 def _clip_after_cross_replica_sum(optimizer) -> None:

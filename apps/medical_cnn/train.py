@@ -248,7 +248,7 @@ def _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard, backup_freq
     class_weight = dict(enumerate(cfg.class_weights)) if cfg.imbalance == "class_weight" else None
     with dist.scope():
         model = compile_model(build_model(cfg, sync_batch_norm=dist.sync_batch_norm), cfg)
-        dist.prepare_optimizer(model.optimizer)
+        dist.prepare_model(model)
         return model.fit(
             train_batches,
             validation_data=val_batches,

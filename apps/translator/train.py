@@ -395,7 +395,7 @@ def train(
     with dist.scope():
         model = build_model(config, inputs.source_vocab_size, inputs.target_vocab_size)
         compile_model(model, config, total_steps=inputs.steps_per_epoch * config.epochs)
-        dist.prepare_optimizer(model.optimizer)  # clip the global gradient, as on one device
+        dist.prepare_model(model)  # clip the global gradient, count tokens over all replicas
         history = model.fit(
             inputs.train,
             validation_data=inputs.val,

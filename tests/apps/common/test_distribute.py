@@ -302,3 +302,73 @@ def test_data_parallel_on_two_jax_devices_matches_one_device(tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert "needs KERAS_BACKEND=tensorflow" in result["errors"]["multiworker"]
     assert "batch_size=15 cannot be split evenly over the 2" in result["errors"]["mirrored"]
+
+
+# Two logical CPUs: the masked token mean of the global batch, split unevenly.
+TF_MASKED_LOSS_SCRIPT = r"""
+import json, sys
+
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import keras
+import numpy as np
+
+from apps.common.distribute import get_distribution
+from custom_layers.losses import MaskedSparseCategoricalCrossentropy
+
+rng = np.random.default_rng(0)
+# Replica 0 gets rows 0-1 (7 real tokens), replica 1 rows 2-3 (2 real tokens).
+y_true = np.array([[3, 1, 2, 4], [1, 2, 3, 0], [2, 0, 0, 0], [4, 0, 0, 0]], "int32")
+y_pred = rng.normal(size=(4, 4, 5)).astype("float32")
+one_device = float(MaskedSparseCategoricalCrossentropy(from_logits=True)(y_true, y_pred))
+
+dist = get_distribution("mirrored")
+strategy = dist.strategy
+values = strategy.experimental_distribute_values_from_function(
+    lambda ctx: (y_true[2 * ctx.replica_id_in_sync_group : 2 * ctx.replica_id_in_sync_group + 2],
+                 y_pred[2 * ctx.replica_id_in_sync_group : 2 * ctx.replica_id_in_sync_group + 2])
+)
+
+
+def summed_over_replicas(loss):
+    # Keras sums the replicas' gradients, so the replicas' losses add up to the step's loss.
+    per_replica = strategy.run(tf.function(lambda t, p: loss(t, p)), args=values)
+    return float(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+
+
+plain = MaskedSparseCategoricalCrossentropy(from_logits=True)
+prepared = dist.prepare_loss(MaskedSparseCategoricalCrossentropy(from_logits=True))
+json.dump(
+    {
+        "replicas": dist.num_replicas,
+        "one_device": one_device,
+        "prepared": summed_over_replicas(prepared),
+        "plain": summed_over_replicas(plain),
+        "config_unchanged": prepared.get_config() == plain.get_config(),
+    },
+    open(sys.argv[1], "w"),
+)
+"""
+
+
+def test_prepared_masked_loss_divides_by_the_tokens_of_all_replicas(tmp_path):
+    out = tmp_path / "out.json"
+    run_python_script(TF_MASKED_LOSS_SCRIPT, [out], tmp_path, "tensorflow", timeout=180)
+    result = json.loads(out.read_text())
+    assert result["replicas"] == 2 and result["config_unchanged"]
+    np.testing.assert_allclose(result["prepared"], result["one_device"], rtol=1e-6)
+    # Each replica dividing by its own token count gives another number.
+    assert abs(result["plain"] - result["one_device"]) > 0.1
+
+
+def test_prepare_loss_leaves_one_device_and_other_losses_alone():
+    from custom_layers.losses import MaskedSparseCategoricalCrossentropy
+
+    dist = get_distribution("none")
+    loss = MaskedSparseCategoricalCrossentropy()
+    assert dist.prepare_loss(loss) is loss
+    assert "global_count" not in vars(loss)  # the class's identity method stays
+    assert dist.prepare_loss("mse") == "mse"
