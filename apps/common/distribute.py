@@ -539,7 +539,9 @@ def _patch_keras_for_multi_worker() -> None:
     Both replace private functions of `keras.src.backend.tensorflow.trainer`;
     this is the only place in the project that reaches into `keras.src`. The
     replacements call the originals for everything else, and change nothing
-    unless the strategy spans several workers.
+    unless the strategy spans several workers. There is no per-model way: the
+    trainer's step functions call the module's `reduce_per_replica` directly.
+    `_unpatch_keras_for_multi_worker` puts the originals back.
     """
     import keras
     import tensorflow as tf
@@ -588,4 +590,17 @@ def _patch_keras_for_multi_worker() -> None:
 
     tf_trainer.reduce_per_replica = reduce_per_replica
     trainer_cls._maybe_symbolic_build = maybe_symbolic_build
-    trainer_cls._apps_multi_worker_patch = True
+    trainer_cls._apps_multi_worker_patch = (original_reduce, original_build)
+
+
+def _unpatch_keras_for_multi_worker() -> bool:
+    """Undoes `_patch_keras_for_multi_worker`; returns whether a patch was in place."""
+    from keras.src.backend.tensorflow import trainer as tf_trainer  # private: see above
+
+    trainer_cls = tf_trainer.TensorFlowTrainer
+    originals = getattr(trainer_cls, "_apps_multi_worker_patch", None)
+    if not originals:
+        return False
+    tf_trainer.reduce_per_replica, trainer_cls._maybe_symbolic_build = originals
+    del trainer_cls._apps_multi_worker_patch
+    return True

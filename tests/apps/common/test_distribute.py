@@ -21,7 +21,7 @@ from apps.common.distribute import (
     get_distribution,
     parse_tf_config,
 )
-from tests.backend_utils import run_python_script
+from tests.backend_utils import TENSORFLOW_SIDE_ONLY, run_python_script
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 TWO_WORKERS = {"worker": ["127.0.0.1:20001", "127.0.0.1:20002"]}
@@ -372,3 +372,32 @@ def test_prepare_loss_leaves_one_device_and_other_losses_alone():
     assert dist.prepare_loss(loss) is loss
     assert "global_count" not in vars(loss)  # the class's identity method stays
     assert dist.prepare_loss("mse") == "mse"
+
+
+@TENSORFLOW_SIDE_ONLY
+def test_the_multi_worker_patch_is_one_reversible_change_to_the_installed_keras():
+    # The patch reaches into keras.src (the project's only place that does); on the
+    # Keras installed here it must find its targets, apply once, and undo cleanly.
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    from apps.common import distribute
+
+    original_reduce = tf_trainer.reduce_per_replica
+    original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    was_patched = distribute._unpatch_keras_for_multi_worker()  # start clean
+    try:
+        original_reduce = tf_trainer.reduce_per_replica
+        original_build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+        distribute._patch_keras_for_multi_worker()
+        patched = tf_trainer.reduce_per_replica
+        assert patched is not original_reduce
+        assert tf_trainer.TensorFlowTrainer._maybe_symbolic_build is not original_build
+        distribute._patch_keras_for_multi_worker()  # a second call changes nothing
+        assert tf_trainer.reduce_per_replica is patched
+        assert distribute._unpatch_keras_for_multi_worker()
+        assert tf_trainer.reduce_per_replica is original_reduce
+        assert tf_trainer.TensorFlowTrainer._maybe_symbolic_build is original_build
+        assert not distribute._unpatch_keras_for_multi_worker()
+    finally:
+        if was_patched:
+            distribute._patch_keras_for_multi_worker()
