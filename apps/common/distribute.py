@@ -61,6 +61,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from apps.common.errors import UserError
+
 STRATEGIES = ("none", "mirrored", "multiworker")
 TF_CONFIG_ENV = "TF_CONFIG"
 # Task types of a `TF_CONFIG` cluster that train (`ps` and `evaluator` belong to
@@ -105,14 +107,14 @@ class ClusterConfig:
         return self.task_type == "worker" and self.task_index == 0
 
 
-def _tf_config_error(problem: str) -> ValueError:
+def _tf_config_error(problem: str) -> UserError:
     example = json.dumps(
         {
             "cluster": {"worker": ["host1:12345", "host2:12345"]},
             "task": {"type": "worker", "index": 0},
         }
     )
-    return ValueError(
+    return UserError(
         f"--distribute multiworker reads the cluster from the {TF_CONFIG_ENV} environment "
         f"variable, but {problem}. Set it on every worker to the same cluster and that "
         f"worker's own task, e.g. {TF_CONFIG_ENV}='{example}' (index 1 on the second "
@@ -234,7 +236,7 @@ class Distribution:
     def check_batch_size(self, batch_size: int) -> None:
         """Raises ValueError if the global batch cannot be split evenly where needed."""
         if batch_size % self.batch_multiple:
-            raise ValueError(
+            raise UserError(
                 f"batch_size={batch_size} cannot be split evenly over the {self.num_replicas} "
                 f"devices of --distribute {self.name} on JAX; use a multiple of "
                 f"{self.num_replicas} (the batch size is the global batch, over all devices)."
@@ -423,7 +425,7 @@ def get_distribution(name: str = "none", backend: str | None = None) -> Distribu
         return Distribution(name, backend)
     if backend == "jax":
         if name == "multiworker":
-            raise ValueError(
+            raise UserError(
                 "--distribute multiworker uses tf.distribute.MultiWorkerMirroredStrategy and "
                 "needs KERAS_BACKEND=tensorflow (current backend: jax). On JAX, use "
                 "--distribute mirrored for all the devices of one machine."
@@ -434,7 +436,7 @@ def get_distribution(name: str = "none", backend: str | None = None) -> Distribu
         strategy = keras.distribution.DataParallel(devices=devices)
         return Distribution(name, backend, strategy, num_replicas=len(devices))
     if backend != "tensorflow":
-        raise ValueError(
+        raise UserError(
             f"--distribute {name} needs the tensorflow or jax backend (current backend: "
             f"{backend}); use --distribute none."
         )

@@ -5,17 +5,22 @@
                      [--seed N] [--distribute {none,mirrored,multiworker}]
     translator evaluate --model RUN_DIR [--data PATH] [--split test] [--pairs FILE]
     translator translate --model RUN_DIR_OR_EXPORT [TEXT ...]  (or stdin, or --input/--output)
-    translator translate --server http://localhost:8501 [TEXT ...]
+    translator translate --server http://localhost:8501 [--timeout SECONDS] [TEXT ...]
     translator export --model RUN_DIR [--base saved_models/translator] [--keep K]
 
 Also `python -m apps.translator ...`. Errors caused by the input (missing
 files, bad options) print `error: ...` and exit with status 2.
+
+`translate` reads one sentence per line (stdin or `--input`, UTF-8; lines end
+at `\\n` or `\\r\\n` only) and writes exactly one line per input line, empty
+for an empty or blank line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -26,10 +31,33 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from apps.common.cli import CliError, add_common_train_args, positive_int, run_cli
 from apps.common.distribute import STRATEGIES
+from apps.common.errors import UserError
 from apps.common.io import atomic_write_text
-from apps.translator.config import PRESETS
+from apps.common.rundir import check_run_dir_path, default_run_dir
+from apps.common.textio import decode_utf8, join_lines, read_input_bytes, split_lines
+from apps.translator.config import APP_NAME, PRESETS, SERVING_TIMEOUT
 
-APP_NAME = "translator"
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-train-pairs", type=positive_int, default=None, help="use only the first N pairs"
     )
     train.add_argument(
-        "--time-budget-minutes", type=float, default=None, help="stop training after this long"
+        "--time-budget-minutes",
+        type=positive_float,
+        default=None,
+        help="stop training after this long",
     )
 
     evaluate = sub.add_parser("evaluate", help="BLEU/chrF on a split or a pairs file")
@@ -97,7 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--server", default=None, help="TF Serving REST URL, e.g. http://localhost:8501"
     )
     translate.add_argument("--model-name", default=APP_NAME, help="model name on the server")
-    translate.add_argument("--model-version", type=int, default=None, help="version on the server")
+    translate.add_argument(
+        "--model-version", type=non_negative_int, default=None, help="version on the server"
+    )
+    translate.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=SERVING_TIMEOUT,
+        metavar="SECONDS",
+        help=f"with --server: seconds to wait for each answer (default: {SERVING_TIMEOUT:g})",
+    )
 
     export = sub.add_parser("export", help="write a versioned SavedModel for TF Serving")
     export.add_argument("--model", type=Path, required=True, help="run directory")
@@ -109,20 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _prepare(args) -> None:
-    from apps.common.config import apply_overrides
     from apps.translator.config import get_config
     from apps.translator.prepared import prepare
 
-    config = apply_overrides(get_config(args.preset), max_train_pairs=args.max_train_pairs)
+    config = _overrides(get_config(args.preset), max_train_pairs=args.max_train_pairs)
     manifest = prepare(config, args.out, data=args.data, preset=args.preset)
     summary = {k: manifest[k] for k in ("preset", "sequence_length", "vocab_sizes", "splits")}
     print(json.dumps(summary, indent=2))
     print(f"wrote {args.out}", file=sys.stderr)
 
 
-def _train(args) -> None:
-    from apps.common.cli import default_run_dir
+def _overrides(config, **overrides):
+    """`apply_overrides`, with a value the config refuses reported as a bad option."""
     from apps.common.config import apply_overrides
+
+    try:
+        return apply_overrides(config, **overrides)
+    except UserError:
+        raise
+    except ValueError as e:  # The config's own checks (TranslatorConfig.__post_init__).
+        raise CliError(f"bad option value: {e}") from e
+
+
+def _train(args) -> None:
     from apps.translator.config import get_config
 
     if args.prepared is not None and args.data is not None:
@@ -135,7 +184,7 @@ def _train(args) -> None:
         base = prepared.config if args.preset is None else get_config(args.preset)
     else:
         base = get_config(args.preset or "default")
-    config = apply_overrides(
+    config = _overrides(
         base,
         epochs=args.epochs,
         seed=args.seed,
@@ -144,7 +193,7 @@ def _train(args) -> None:
     )
     from apps.translator.train import train
 
-    run_dir = args.run_dir or default_run_dir(APP_NAME)
+    run_dir = check_run_dir_path(args.run_dir or default_run_dir(APP_NAME), "--run-dir")
     print(f"run directory: {run_dir}", file=sys.stderr)
     metrics = train(
         config, data=args.data, run_dir=run_dir, prepared=prepared, distribute=args.distribute
@@ -155,6 +204,9 @@ def _train(args) -> None:
 
 def _evaluate(args) -> None:
     from apps.translator.evaluate import evaluate
+
+    if args.output is not None:
+        _check_output_file(args.output, "--output")
 
     results, path = evaluate(
         args.model,
@@ -170,19 +222,42 @@ def _evaluate(args) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
+def _check_output_file(path: Path, option: str) -> None:
+    """Raises `UserError` unless `path` can be written as a file (before any work is done)."""
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; pass a file path to write.")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{option} {path}: {parent} is a file, not a folder.")
+
+
+def _check_output_folder(path: Path, option: str) -> None:
+    """Raises `UserError` unless `path` is, or can be created as, a folder."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() and not candidate.is_dir():
+            raise UserError(f"{option} {path}: {candidate} is a file, not a folder.")
+
+
+def _read_stdin() -> bytes:
+    """Standard input's bytes (decoded by `_read_sentences`, so errors name the line)."""
+    stdin = sys.stdin
+    if hasattr(stdin, "buffer"):
+        return stdin.buffer.read()
+    # A text stream without bytes beneath (tests); undecodable bytes come back as they were.
+    return stdin.read().encode("utf-8", "surrogateescape")
+
+
 def _read_sentences(args) -> list[str]:
+    """One sentence per argument, or per line of `--input` or stdin (see the module docs)."""
     if args.text and args.input:
         raise CliError("give sentences as arguments or with --input, not both")
     if args.text:
         return list(args.text)
     if args.input:
-        if not args.input.is_file():
-            raise FileNotFoundError(f"input file not found: {args.input}")
-        try:
-            return args.input.read_text(encoding="utf-8-sig").splitlines()
-        except UnicodeDecodeError as e:
-            raise CliError(f"input file {args.input} is not UTF-8 text: {e}") from e
-    return sys.stdin.read().splitlines()
+        raw, name = read_input_bytes(args.input, "input file"), f"input file {args.input}"
+    else:
+        raw, name = _read_stdin(), "standard input"
+    return split_lines(decode_utf8(raw, name))
 
 
 def _translate(args) -> None:
@@ -190,12 +265,18 @@ def _translate(args) -> None:
 
     if (args.model is None) == (args.server is None):
         raise CliError("pass exactly one of --model RUN_DIR_OR_EXPORT and --server URL")
+    if args.output is not None:
+        _check_output_file(args.output, "--output")
+    if args.attention_plot is not None:
+        _check_output_folder(args.attention_plot, "--attention-plot")
     if args.server is not None:
         if args.attention_plot is not None:
             raise CliError("--attention-plot needs --model RUN_DIR, not --server")
         from apps.translator.serving import ServedTranslator
 
-        translator = ServedTranslator(args.server, args.model_name, args.model_version)
+        translator = ServedTranslator(
+            args.server, args.model_name, args.model_version, timeout=args.timeout
+        )
     else:
         translator = load_translator(args.model)
     sentences = _read_sentences(args)
@@ -206,7 +287,9 @@ def _translate(args) -> None:
     for warning in input_warnings(translator.source_stats(sentences)):
         print(warning, file=sys.stderr)
     translations = translator.translate(sentences, batch_size=args.batch_size)
-    text = "".join(t + "\n" for t in translations)
+    if len(translations) != len(sentences):  # One output line per input line, always.
+        raise RuntimeError(f"{len(translations)} translations for {len(sentences)} sentences")
+    text = join_lines(translations)
     if args.output is not None:
         atomic_write_text(args.output, text)
     else:

@@ -27,6 +27,10 @@ import dataclasses
 from apps.common.config import get_preset
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop")
+# The app's name in run directories (`config.json`'s "app") and on TF Serving.
+APP_NAME = "translator"
+# Seconds the TF Serving client waits for each answer (`translate --server --timeout`).
+SERVING_TIMEOUT = 60.0
 # File names in a run directory; a prepared-data folder holds the same vocabulary files.
 CONFIG_FILE = "config.json"
 MODEL_FILE = "model.keras"
@@ -200,7 +204,15 @@ class TranslatorConfig:
             raise ValueError(
                 f"clipnorm must be None or positive. Received: clipnorm={self.clipnorm}"
             )
-        if self.time_budget_minutes is not None and self.time_budget_minutes <= 0:
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed < 2**32
+        ):
+            raise ValueError(
+                f"seed must be an integer in [0, 2**32 - 1]. Received: seed={self.seed!r}"
+            )
+        if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
             raise ValueError(
                 "time_budget_minutes must be None or positive. "
                 f"Received: time_budget_minutes={self.time_budget_minutes}"

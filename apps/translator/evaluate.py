@@ -21,8 +21,9 @@ from pathlib import Path
 
 import sacrebleu
 
+from apps.common.errors import DataError, UserError
 from apps.common.io import atomic_write_json
-from apps.translator.data import Pair, group_references, load_splits, read_pairs
+from apps.translator.data import Pair, Splits, group_references, load_splits, read_pairs
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
@@ -132,6 +133,10 @@ def evaluate(
 
     Returns:
         (the results, the JSON path).
+
+    Raises:
+        DataError: the chosen split of `data` is empty; `pairs_file` or `data`
+            cannot be read (see `data.read_pairs`).
     """
     from apps.translator.translate import load_translator
 
@@ -140,13 +145,20 @@ def evaluate(
         pairs = read_pairs(pairs_file)
         name = Path(pairs_file).stem
     else:
-        splits = load_splits(data)
-        if split not in splits._fields:
-            raise ValueError(
-                f"split must be one of {', '.join(splits._fields)}. Received: split={split!r}"
+        if split not in Splits._fields:
+            raise UserError(
+                f"split must be one of {', '.join(Splits._fields)}. Received: split={split!r}"
             )
+        splits = load_splits(data)
         pairs = getattr(splits, split)
         name = split
+        if not pairs:
+            counts = ", ".join(f"{len(getattr(splits, k))} {k}" for k in Splits._fields)
+            raise DataError(
+                f"the {split} split of {data or 'the corpus'} is empty ({counts} pairs): "
+                "nothing to score. Pass a larger corpus with --data, another --split, or "
+                "--pairs FILE."
+            )
     results = {"model": str(model), "data": str(pairs_file or data or "download"), "split": name}
     results.update(evaluate_pairs(translator, pairs, limit=limit, batch_size=batch_size))
     if output is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import keras
 
+from apps.common.errors import UserError
 from apps.common.export import export_versioned
 from apps.translator.translate import SENTENCES_SPEC, Translator
 
@@ -50,9 +51,9 @@ def export(
 ) -> Path:
     """Exports a run directory as the next integer version under `base`; returns its path."""
     if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "Exporting a SavedModel needs the TensorFlow backend. "
-            f"Received: KERAS_BACKEND={keras.backend.backend()}"
+        raise UserError(
+            "Exporting a SavedModel needs the TensorFlow backend: run with "
+            f"KERAS_BACKEND=tensorflow. Received: KERAS_BACKEND={keras.backend.backend()}"
         )
     translator = Translator.from_run_dir(model)
     return export_versioned(base, lambda tmp: write_saved_model(translator, tmp), keep=keep)

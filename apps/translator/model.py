@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from apps.common.errors import UserError
 from apps.translator.config import TranslatorConfig
 from apps.translator.tokens import PAD_ID
 from custom_layers.layers import PositionalEmbedding, TransformerDecoder, TransformerEncoder
@@ -105,6 +106,10 @@ class TranslatorLayers:
     Attributes:
         sequence_length: most decoder positions (the target embedding's table).
         target_vocab_size: number of output classes.
+
+    Raises:
+        UserError: `model` is not a translator model (e.g. another app's
+            `model.keras` in a translator run directory).
     """
 
     def __init__(self, model: keras.Model):
@@ -114,14 +119,14 @@ class TranslatorLayers:
             self.output_dropout = model.get_layer("output_dropout")
             self.output_dense = model.get_layer("logits")
         except ValueError as e:
-            raise ValueError(
+            raise UserError(
                 f"Model '{model.name}' is not a translator model built by "
                 f"apps.translator.model.build_model: {e}"
             ) from e
         self.encoders = _numbered_layers(model, "encoder")
         self.decoders = _numbered_layers(model, "decoder")
         if not self.encoders or not self.decoders:
-            raise ValueError(
+            raise UserError(
                 f"Model '{model.name}' has no encoder_<i>/decoder_<i> layers; it is not a "
                 "translator model built by apps.translator.model.build_model."
             )

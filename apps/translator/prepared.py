@@ -46,7 +46,9 @@ import keras
 import numpy as np
 
 from apps.common.config import config_from_dict, config_to_dict
+from apps.common.errors import DataError, MissingFileError, UserError
 from apps.common.io import atomic_write_bytes, atomic_write_json
+from apps.common.rundir import check_run_dir_path
 from apps.translator.config import (
     DATA_FIELDS,
     SOURCE_VOCAB_FILE,
@@ -106,6 +108,7 @@ def prepare(
     import tensorflow as tf  # noqa: F401  (tokenising needs it; fail here, clearly)
 
     from apps.translator.data import (
+        check_split_sizes,
         encode_pairs,
         group_references,
         read_pairs,
@@ -114,15 +117,18 @@ def prepare(
     )
     from apps.translator.train import build_vocabularies
 
+    out_dir = check_run_dir_path(out_dir, "--out")
     data_path = resolve_data_path(data)
-    splits = split_pairs(read_pairs(data_path))
+    splits = split_pairs(read_pairs(data_path, what="data file"))
     train_pairs = splits.train[: config.max_train_pairs] if config.max_train_pairs else splits.train
-    if not train_pairs or not splits.val:
-        raise ValueError(
-            f"{data_path} gives {len(train_pairs)} training and {len(splits.val)} validation "
-            "pairs; preparing needs both."
-        )
-    out_dir = Path(out_dir)
+    check_split_sizes(
+        len(train_pairs),
+        len(splits.val),
+        len(splits.test),
+        config.batch_size,
+        f"data file {data_path}",
+        config.max_train_pairs,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # Incomplete until the new one is written.
 
@@ -166,7 +172,11 @@ def prepare(
         "sequence_length": length,
         "vocab_sizes": {"source": source_vocab.size, "target": target_vocab.size},
         "splits": counts,
-        "data": {"path": str(data_path), "sha256": _sha256_file(data_path)},
+        # A pipe (--data <(...)) cannot be read twice: its checksum is not known.
+        "data": {
+            "path": str(data_path),
+            "sha256": _sha256_file(data_path) if data_path.is_file() else None,
+        },
         "files": {name: _sha256_file(out_dir / name) for name in files},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -210,9 +220,12 @@ class Prepared:
     def _checked(self, name: str) -> Path:
         path = self.path / name
         if not path.is_file():
-            raise FileNotFoundError(f"prepared data file not found: {path}")
+            raise MissingFileError(
+                f"prepared data file not found: {path}; copy the folder again or re-run "
+                "translator prepare."
+            )
         if _sha256_file(path) != self.manifest["files"].get(name):
-            raise ValueError(
+            raise DataError(
                 f"prepared data file {path} does not match its sha256 in {MANIFEST_FILE} "
                 "(truncated or changed copy?); copy the folder again or re-run translator prepare."
             )
@@ -230,7 +243,7 @@ class Prepared:
         length = self.config.sequence_length
         shapes = [x.shape for x in (*(getattr(split, k) for k in ARRAY_KEYS),)]
         if len(set(shapes)) != 1 or shapes[0][1:] != (length,):
-            raise ValueError(
+            raise DataError(
                 f"{self.path / (name + '.npz')} holds arrays of shapes {shapes}; expected "
                 f"(pairs, {length}) each."
             )
@@ -254,30 +267,48 @@ def load_prepared(path: str | os.PathLike) -> Prepared:
     """Opens a folder written by `prepare` and checks its manifest and vocabularies.
 
     Raises:
-        FileNotFoundError: the folder does not exist.
-        ValueError: no manifest (not a prepared folder, or an unfinished one),
-            another format or version, or a file that fails its sha256 check.
+        MissingFileError: the folder does not exist.
+        DataError: a file, not a folder; no manifest (not a prepared folder, or
+            an unfinished one), another format or version, or a file that fails
+            its sha256 check.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise MissingFileError(f"prepared data folder not found: {path}")
     if not path.is_dir():
-        raise FileNotFoundError(f"prepared data folder not found: {path}")
+        raise DataError(
+            f"--prepared {path} is a file; pass the folder written by "
+            "'translator prepare --out DIR'."
+        )
     manifest_path = path / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise ValueError(
+        raise DataError(
             f"{path} holds no {MANIFEST_FILE}: not a prepared data folder, or its preparation "
             "did not finish. Write one with: translator prepare --data CORPUS --out DIR"
         )
     try:
         manifest = json.loads(manifest_path.read_text("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{manifest_path} is not valid JSON: {e}") from e
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise DataError(
+            f"{manifest_path} is not valid JSON ({e}); re-run translator prepare."
+        ) from e
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or manifest.get("format_version") != FORMAT_VERSION
+    ):
+        found = manifest if isinstance(manifest, dict) else {}
+        raise DataError(
             f"{manifest_path} is not a '{FORMAT}' manifest of version {FORMAT_VERSION}. "
-            f"Received: format={manifest.get('format')!r}, "
-            f"format_version={manifest.get('format_version')!r}; re-run translator prepare."
+            f"Received: format={found.get('format')!r}, "
+            f"format_version={found.get('format_version')!r}; re-run translator prepare."
         )
-    config = config_from_dict(TranslatorConfig, manifest["config"])
+    try:
+        config = config_from_dict(TranslatorConfig, manifest["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(
+            f"{manifest_path} holds no valid translator config ({e}); re-run translator prepare."
+        ) from e
     prepared = Prepared(path, manifest, config, (), ())
     source_tokens = load_tokens(prepared.vocabulary_file("source"))
     target_tokens = load_tokens(prepared.vocabulary_file("target"))
@@ -293,7 +324,7 @@ def check_compatible(config: TranslatorConfig, prepared: Prepared) -> None:
     ]
     if changed:
         preset = prepared.manifest.get("preset")
-        raise ValueError(
+        raise UserError(
             f"the training config differs from the data prepared in {prepared.path} in "
             f"{', '.join(changed)}. Train with the preparation's settings"
             + (f" (--preset {preset}, or leave --preset out)" if preset else "")
@@ -501,7 +532,7 @@ def evaluate_prepared(
     references = prepared.references(split)
     sources = prepared.split(split).sources
     if sources is None or len(sources) != len(references):
-        raise ValueError(
+        raise DataError(
             f"{prepared.path}: {split}.npz and {split}_references.json do not match; "
             "re-run translator prepare."
         )

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from apps.common.serving import ServingClient, ServingError
+from apps.common.errors import UserError
+from apps.common.serving import ServingClient, ServingTimeoutError
+from apps.translator.config import SERVING_TIMEOUT
 from apps.translator.translate import clean_sentences, translate_in_batches
 
 STATS_KEYS = ("num_words", "num_unknown", "max_words")
@@ -25,7 +27,12 @@ class ServedTranslator:
         base_url: the server's REST address, e.g. `http://localhost:8501`.
         model_name: the model's name on the server (default `translator`).
         version: a version to address; `None` lets the server choose its latest.
-        timeout: seconds to wait for each request.
+        timeout: seconds to wait for each answer (`translator translate --timeout`).
+
+    Raises:
+        UserError: a bad `base_url`, `version` or `timeout` (named in the message).
+        ServingError: (when translating) the server is unreachable, lacks the
+            model, fails, or does not answer within `timeout`.
     """
 
     def __init__(
@@ -33,16 +40,23 @@ class ServedTranslator:
         base_url: str,
         model_name: str = "translator",
         version: int | None = None,
-        timeout: float = 60.0,
+        timeout: float = SERVING_TIMEOUT,
     ):
-        self.client = ServingClient(base_url, model_name, version=version, timeout=timeout)
+        try:
+            self.client = ServingClient(base_url, model_name, version=version, timeout=timeout)
+        except ValueError as e:  # The client checks its arguments; they come from the user.
+            raise UserError(str(e)) from e
 
     def _predict(self, sentences: list[str], signature_name: str | None = None) -> list:
         try:
             return self.client.predict(sentences, signature_name=signature_name)
-        except ServingError as e:
-            # A user-facing error (server down, model missing): no traceback.
-            raise ValueError(str(e)) from e
+        except ServingTimeoutError as e:
+            raise ServingTimeoutError(
+                f"TF Serving at {e.url} did not answer within {self.client.timeout:g} s "
+                "(--timeout); the server may be overloaded or the request too large: raise "
+                "--timeout SECONDS, or check the server.",
+                url=e.url,
+            ) from e
 
     def translate(self, sentences: Sequence[str], batch_size: int = 64) -> list[str]:
         return translate_in_batches(
@@ -57,7 +71,7 @@ class ServedTranslator:
         try:
             return {k: np.asarray([row[k] for row in rows], dtype="int32") for k in STATS_KEYS}
         except (KeyError, TypeError) as e:
-            raise ValueError(
+            raise UserError(
                 f"the server's 'source_stats' answer lacks {e}; is '{self.client.model_name}' "
                 "a translator export?"
             ) from e

@@ -17,7 +17,9 @@ import collections
 import os
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+
+from apps.common.errors import DataError
+from apps.common.textio import read_lines
 
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
 RESERVED_TOKENS = (PAD, UNK, START, END)
@@ -62,21 +64,23 @@ def check_tokens(tokens: Sequence[str]) -> tuple[str, ...]:
 def load_tokens(path: str | os.PathLike) -> tuple[str, ...]:
     """Reads and checks a vocabulary file (one token per line, line i = id i).
 
+    Lines end at `\\n` or `\\r\\n` only (`textio.split_lines`): no other
+    character can shift the ids of the tokens after it.
+
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not UTF-8 or not a valid vocabulary (the message names it).
+        MissingFileError: the file does not exist.
+        DataError: the file is not UTF-8 or not a valid vocabulary (empty,
+            reserved tokens missing, a duplicate or blank line); the message
+            names it and says what to do.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"vocabulary file not found: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ValueError(f"vocabulary file {path} is not UTF-8 text: {e}") from e
+    lines = read_lines(path, "vocabulary file")
     try:
         return check_tokens(lines)
     except ValueError as e:
-        raise ValueError(f"vocabulary file {path} is invalid: {e}") from e
+        raise DataError(
+            f"vocabulary file {path} is invalid: {e}. It must be the file that training "
+            "wrote (one token per line, line i = id i): copy the run directory again or retrain."
+        ) from e
 
 
 def join_tokens(words: Iterable[str]) -> str:

@@ -40,20 +40,22 @@ from typing import NamedTuple
 import keras
 
 from apps.common.callbacks import standard_callbacks
-from apps.common.cli import default_run_dir
 from apps.common.config import config_to_dict, load_config, save_config
 from apps.common.distribute import Distribution, get_distribution
+from apps.common.errors import DataError, RunDirError
 from apps.common.io import atomic_write_json, atomic_write_text
 from apps.common.model_io import load_keras_model
+from apps.common.rundir import check_run_app, check_run_dir_path, default_run_dir
 from apps.translator import prepared as prepared_lib
 from apps.translator.config import (
+    APP_NAME,
     CONFIG_FILE,
     MODEL_FILE,
     SOURCE_VOCAB_FILE,
     TARGET_VOCAB_FILE,
     TranslatorConfig,
 )
-from apps.translator.data import Splits, load_splits
+from apps.translator.data import SPLITS, Splits, check_split_sizes, load_splits
 from apps.translator.model import build_model
 from apps.translator.tokens import PAD_ID, load_tokens
 from custom_layers.losses import MaskedSparseCategoricalCrossentropy
@@ -158,18 +160,18 @@ def _prepare_run_dir(run_dir: Path, config: TranslatorConfig) -> None:
     """Writes config.json, or checks that a resumed run dir has the same config."""
     config_path = run_dir / CONFIG_FILE
     if config_path.is_file():
-        saved = load_config(TranslatorConfig, config_path)
+        saved = load_config(TranslatorConfig, config_path, app=APP_NAME)
         if saved != config:
             changed = sorted(
                 k for k, v in config_to_dict(config).items() if config_to_dict(saved).get(k) != v
             )
-            raise ValueError(
+            raise RunDirError(
                 f"run directory {run_dir} holds a run with a different config (fields: "
                 f"{', '.join(changed)}); resume it with the same options or pass a new --run-dir."
             )
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, config_path)
+        save_config(config, config_path, app=APP_NAME)
 
 
 def build_vocabularies(train_pairs, config: TranslatorConfig):
@@ -229,11 +231,6 @@ def _text_inputs(config, data, splits, run_dir: Path, dist: Distribution) -> _In
 
     splits = splits if splits is not None else load_splits(data)
     train_pairs = splits.train[: config.max_train_pairs] if config.max_train_pairs else splits.train
-    if not train_pairs or not splits.val:
-        raise ValueError(
-            f"Training needs training and validation pairs. Received: {len(train_pairs)} "
-            f"training and {len(splits.val)} validation pairs."
-        )
     source_vocab, target_vocab = _vocabularies(run_dir, train_pairs, config)
     dataset_args = dict(
         sequence_length=config.sequence_length,
@@ -246,7 +243,7 @@ def _text_inputs(config, data, splits, run_dir: Path, dist: Distribution) -> _In
     for pairs, shuffle in ((train_pairs, True), (splits.val, False)):
         encoded = encode_pairs(pairs, source_vocab, target_vocab, config.sequence_length)
         if int(encoded[0].nrows()) == 0:
-            raise ValueError(
+            raise DataError(
                 f"None of the {len(pairs)} pairs fits sequence_length={config.sequence_length}."
             )
         ds, num_batches = dataset_from_ids(
@@ -282,7 +279,7 @@ def _copy_vocabulary(source: Path, destination: Path) -> None:
     tokens = load_tokens(source)
     if destination.is_file():
         if load_tokens(destination) != tokens:
-            raise ValueError(
+            raise RunDirError(
                 f"{destination} differs from the prepared {source}: this run directory was "
                 "trained on other data; pass a new --run-dir."
             )
@@ -300,11 +297,6 @@ def _prepared_inputs(config, prepared, run_dir: Path, dist: Distribution) -> _In
         bucket_by_length=config.bucket_by_length,
     )
     train_split, val_split = prepared.split("train"), prepared.split("val")
-    if not len(train_split) or not len(val_split):
-        raise ValueError(
-            f"Training needs training and validation pairs. {prepared.path} holds "
-            f"{len(train_split)} training and {len(val_split)} validation pairs that fit."
-        )
     train_batches = prepared_lib.ArrayBatches(
         train_split, shuffle=True, seed=config.seed, **batch_args
     )
@@ -338,6 +330,20 @@ def _prepared_inputs(config, prepared, run_dir: Path, dist: Distribution) -> _In
     )
 
 
+def _check_split_sizes(config, data, splits, prepared) -> None:
+    """`data.check_split_sizes` of the pairs training will use (before the run dir is written)."""
+    if prepared is not None:
+        counts = [prepared.manifest["splits"][name]["kept_pairs"] for name in SPLITS]
+        source = f"prepared data {prepared.path}"
+    else:
+        train_pairs = (
+            splits.train[: config.max_train_pairs] if config.max_train_pairs else splits.train
+        )
+        counts = [len(train_pairs), len(splits.val), len(splits.test)]
+        source = "the corpus" if data is None else f"data file {data}"
+    check_split_sizes(*counts, config.batch_size, source, config.max_train_pairs)
+
+
 def train(
     config: TranslatorConfig,
     data: str | os.PathLike | None = None,
@@ -363,6 +369,13 @@ def train(
             `apps.common.distribute`). With several workers only the chief
             writes `run_dir` and evaluates; the others return
             `{"worker": "worker:1", ...}`.
+
+    Raises:
+        RunDirError: `run_dir` (or a parent) is a file, another app's run, or a
+            run of another config or data.
+        DataError: fewer than `config.batch_size` training pairs or no
+            validation pair (`data.check_split_sizes`, checked before `run_dir`
+            is written); an empty test split only warns.
     """
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
     dist = get_distribution(distribute)
@@ -371,10 +384,16 @@ def train(
         raise ValueError("Pass either prepared data or a corpus (data / splits), not both.")
     if prepared is not None and not isinstance(prepared, prepared_lib.Prepared):
         prepared = prepared_lib.load_prepared(prepared)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir("translator")
+    if run_dir is None:
+        run_dir = default_run_dir(APP_NAME)
+    run_dir = check_run_dir_path(run_dir, "--run-dir")
+    check_run_app(run_dir, APP_NAME, option="--run-dir")
     work_dir = dist.work_dir(run_dir)
     if prepared is not None:
         prepared_lib.check_compatible(config, prepared)
+    elif splits is None:
+        splits = load_splits(data)
+    _check_split_sizes(config, data, splits, prepared)
     _prepare_run_dir(work_dir, config)
     keras.utils.set_random_seed(config.seed)
 

@@ -24,9 +24,12 @@ import numpy as np
 import tensorflow as tf
 
 from apps.common.config import load_config
+from apps.common.errors import RunDirError, UserError
 from apps.common.io import atomic_write_bytes
 from apps.common.model_io import ModelLoadError, load_keras_model
+from apps.common.rundir import check_run_app
 from apps.translator.config import (  # noqa: F401  (file names re-exported)
+    APP_NAME,
     CONFIG_FILE,
     MODEL_FILE,
     SOURCE_VOCAB_FILE,
@@ -107,7 +110,7 @@ class Translator:
             ("target", target_vocab, self.layers.target_vocab_size),
         ):
             if vocab.size != size:
-                raise ValueError(
+                raise RunDirError(
                     f"The model expects {size} {side} tokens but the {side} vocabulary has "
                     f"{vocab.size}; the model and the vocabulary come from different runs."
                 )
@@ -120,20 +123,28 @@ class Translator:
         """Loads `model.keras`, `config.json` and the vocabularies of a training run.
 
         Raises:
-            ModelLoadError / FileNotFoundError: a file is missing or unreadable.
+            ModelLoadError / MissingFileError: a file is missing or unreadable.
+            RunDirError: another app's run directory (e.g. a medical-cnn run).
+            DataError: a vocabulary file is damaged.
         """
         run_dir = Path(run_dir)
         if run_dir.is_file() and run_dir.suffix == ".keras":
             run_dir = run_dir.parent
+        if run_dir.is_file():
+            raise ModelLoadError(
+                f"{run_dir} is a file; pass the run directory that holds it "
+                f"({run_dir.parent}) or an export."
+            )
         if not run_dir.is_dir():
             raise ModelLoadError(
                 f"model not found: {run_dir} (expected a run directory or an export)"
             )
+        check_run_app(run_dir, APP_NAME)
         if not (run_dir / CONFIG_FILE).is_file():
             raise ModelLoadError(
                 f"{run_dir} holds no {CONFIG_FILE}: not a translator run directory or export."
             )
-        config = load_config(TranslatorConfig, run_dir / CONFIG_FILE)
+        config = load_config(TranslatorConfig, run_dir / CONFIG_FILE, app=APP_NAME)
         source_vocab = Vocabulary.load(run_dir / SOURCE_VOCAB_FILE, name="source_vocab")
         target_vocab = Vocabulary.load(run_dir / TARGET_VOCAB_FILE, name="target_vocab")
         model = load_keras_model(run_dir / MODEL_FILE, compile=False)
@@ -278,6 +289,7 @@ def load_translator(path: str | os.PathLike) -> Translator | ExportedTranslator:
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"model not found: {path} (expected a run directory or an export)")
+    check_run_app(path, APP_NAME)
     if is_saved_model_path(path):
         return ExportedTranslator(path)
     return Translator.from_run_dir(path)
@@ -334,7 +346,7 @@ def plot_cross_attention(
 def write_attention_plots(translator: Translator, sentences: Sequence[str], out_dir) -> list[Path]:
     """One PNG per non-empty sentence, `out_dir/line_<n>.png` (1-based line numbers)."""
     if not isinstance(translator, Translator):
-        raise ValueError(
+        raise UserError(
             "--attention-plot needs a run directory (the model's layers); an exported "
             "SavedModel only translates."
         )

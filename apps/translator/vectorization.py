@@ -47,6 +47,9 @@ from apps.translator.tokens import (  # noqa: F401  (re-exported: the ids are us
     load_tokens,
 )
 
+# RE2: the characters for which str.isspace() is True (Unicode separators Z*, ASCII
+# and information-separator controls, NEL).
+_SPACES = r"[\t-\r\x{1c}-\x{1f}\x{85}\pZ]"
 # Marks inside a word or number are protected from splitting by swapping in
 # private-use characters: "p.m.", "U.S.", "3.5", "1,000", "10:30".
 _PROTECTED = (
@@ -72,8 +75,10 @@ def split_words(text) -> tf.Tensor | tf.RaggedTensor:
     [[b'\\xc2\\xbf', b'D\\xc3\\xb3nde', b'est\\xc3\\xa1', b'Tom', b'?']]
     """
     text = tf.convert_to_tensor(text, dtype=tf.string)
-    # Non-breaking spaces count as spaces (tf.strings.split knows only ASCII whitespace).
-    text = tf.strings.regex_replace(text, "\u00a0", " ")
+    # Every character Python's str.isspace() accepts separates words (tf.strings.split
+    # knows only ASCII whitespace): no token holds a space, a line or paragraph
+    # separator or a no-break space, so `check_tokens` accepts every vocabulary.
+    text = tf.strings.regex_replace(text, _SPACES, " ")
     for pattern, _, placeholder in _PROTECTED:
         # Twice, because matches cannot overlap: "1.2.3" needs a second pass.
         for _ in range(2):

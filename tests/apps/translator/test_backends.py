@@ -141,6 +141,7 @@ def test_cli_trains_from_prepared_arrays_under_jax_without_tensorflow(jax_side):
     # Without --preset, the preparation's config (tiny), with the --epochs override.
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved == {
+        "app": "translator",  # Which app wrote the run directory.
         **json.loads((jax_side["prepared"] / "manifest.json").read_text())["config"],
         "epochs": 3,
     }

@@ -223,3 +223,339 @@ def test_corrupt_model_file_is_a_clear_error(tiny_run, tmp_path, capsys):
     status, out, err = _run(["translate", "--model", broken, "Hi."], capsys)
     assert status == 2 and out == ""
     assert "error: " in err and "model.keras" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- bad input
+
+THREE_PAIRS = "Go.\tVe.\nHi.\tHola.\nRun!\t¡Corre!\n"  # Splits: val, train, train.
+
+
+@pytest.fixture
+def bad(tmp_path, tiny_run):
+    """Paths for the bad-input table: files, folders and damaged run directories."""
+    import shutil
+
+    run = tiny_run[0]
+    paths = {"run": run, "new": tmp_path / "new", "dir": tmp_path / "folder"}
+    paths["dir"].mkdir()
+    paths["file"] = tmp_path / "a_file"
+    paths["file"].write_text("not a folder\n", encoding="utf-8")
+    paths["three"] = tmp_path / "three.txt"
+    paths["three"].write_text(THREE_PAIRS, encoding="utf-8")
+    paths["notab"] = tmp_path / "notab.txt"
+    paths["notab"].write_text("Hi.\tHola.\nno tab here\n", encoding="utf-8")
+    paths["latin1"] = tmp_path / "latin1.txt"
+    paths["latin1"].write_bytes("Go.\nCoffee, café.\n".encode("latin-1"))
+    paths["medical"] = tmp_path / "medical_run"
+    paths["medical"].mkdir()
+    (paths["medical"] / "config.json").write_text(
+        json.dumps({"app": "medical_cnn", "image_size": 28, "epochs": 2}), encoding="utf-8"
+    )
+    # A medical run written before config.json recorded its app: told by its keys.
+    paths["old_medical"] = tmp_path / "old_medical_run"
+    paths["old_medical"].mkdir()
+    (paths["old_medical"] / "config.json").write_text(
+        json.dumps(
+            {"pixel_mean": 0.5, "class_names": ["normal", "pneumonia"], "convs_per_stage": 2}
+        ),
+        encoding="utf-8",
+    )
+    for name, change in {
+        "empty_vocab": lambda d: (d / "vocab_source.txt").write_text("", encoding="utf-8"),
+        "dup_vocab": lambda d: (d / "vocab_source.txt").write_text(
+            (run / "vocab_source.txt").read_text(encoding="utf-8") + "Tom\n", encoding="utf-8"
+        ),
+        "no_vocab": lambda d: (d / "vocab_target.txt").unlink(),
+        "other_vocab": lambda d: (d / "vocab_target.txt").write_text(
+            "[PAD]\n[UNK]\n[START]\n[END]\nhola\n", encoding="utf-8"
+        ),
+    }.items():
+        paths[name] = tmp_path / name
+        shutil.copytree(run, paths[name], ignore=shutil.ignore_patterns("logs"))
+        change(paths[name])
+    return paths
+
+
+TRAIN_THREE = ["train", "--data", "{three}", "--preset", "tiny", "--run-dir", "{new}"]
+MEDICAL = (
+    "--model {medical}: this is a medical-cnn run, not a translator run; pass a run directory "
+    "written by 'translator train' (or use 'medical-cnn' for this one)."
+)
+BAD_INPUTS = {
+    # name: (argv, the whole message after "error: ")
+    "corpus_too_small_train": (
+        TRAIN_THREE,
+        "data file {three} gives 2 training, 1 validation and 0 test pairs; training needs at "
+        "least 32 training pairs (one batch, batch_size=32) and 1 validation pair. Pairs go to "
+        "train/val/test about 90/5/5 by a hash of their English sentence: pass a larger corpus "
+        "(a few hundred 'English<TAB>Spanish' lines or more).",
+    ),
+    "corpus_too_small_prepare": (
+        ["prepare", "--data", "{three}", "--preset", "tiny", "--out", "{new}"],
+        "data file {three} gives 2 training, 1 validation and 0 test pairs; training needs at "
+        "least 32 training pairs (one batch, batch_size=32) and 1 validation pair.",
+    ),
+    "corpus_without_tab": (
+        ["train", "--data", "{notab}", "--preset", "tiny", "--run-dir", "{new}"],
+        "data file {notab}, line 2: expected 'English<TAB>Spanish'. Received: 'no tab here'",
+    ),
+    "data_is_a_folder": (
+        ["train", "--data", "{dir}", "--preset", "tiny", "--run-dir", "{new}"],
+        "data file {dir} is a folder, not a file; pass the file itself.",
+    ),
+    "run_dir_is_a_file": (
+        ["train", "--data", "{three}", "--preset", "tiny", "--run-dir", "{file}"],
+        "--run-dir {file}: {file} is a file, not a folder; pass a new or existing folder for "
+        "the run.",
+    ),
+    "run_dir_is_a_medical_run": (
+        ["train", "--data", "{three}", "--preset", "tiny", "--run-dir", "{medical}"],
+        "--run-dir {medical}: this is a medical-cnn run, not a translator run;",
+    ),
+    "prepare_out_under_a_file": (
+        ["prepare", "--data", "{three}", "--preset", "tiny", "--out", "{file}/prepared"],
+        "--out {file}/prepared: {file} is a file, not a folder;",
+    ),
+    "prepared_is_a_file": (
+        ["train", "--prepared", "{file}"],
+        "--prepared {file} is a file; pass the folder written by 'translator prepare --out DIR'.",
+    ),
+    "seed_out_of_range": (
+        [*TRAIN_THREE, "--seed", "-1"],
+        "bad option value: seed must be an integer in [0, 2**32 - 1]. Received: seed=-1",
+    ),
+    "translate_medical_run": (["translate", "--model", "{medical}", "Hi."], MEDICAL),
+    "translate_old_medical_run": (
+        ["translate", "--model", "{old_medical}", "Hi."],
+        MEDICAL.replace("{medical}", "{old_medical}"),
+    ),
+    "evaluate_medical_run": (["evaluate", "--model", "{medical}"], MEDICAL),
+    "export_medical_run": (["export", "--model", "{medical}", "--base", "{new}"], MEDICAL),
+    "model_is_config_json": (
+        ["translate", "--model", "{run}/config.json", "Hi."],
+        "{run}/config.json is a file; pass the run directory that holds it ({run}) or an export.",
+    ),
+    "empty_vocabulary": (
+        ["translate", "--model", "{empty_vocab}", "Hi."],
+        "vocabulary file {empty_vocab}/vocab_source.txt is invalid: A vocabulary must start with "
+        "the reserved tokens ['[PAD]', '[UNK]', '[START]', '[END]']. Received: tokens[:4]=[]. It "
+        "must be the file that training wrote (one token per line, line i = id i): copy the run "
+        "directory again or retrain.",
+    ),
+    "duplicate_vocabulary_line": (
+        ["translate", "--model", "{dup_vocab}", "Hi."],
+        "vocabulary file {dup_vocab}/vocab_source.txt is invalid: Vocabulary tokens must be "
+        "unique. Received duplicates: ['Tom'].",
+    ),
+    "missing_vocabulary": (
+        ["translate", "--model", "{no_vocab}", "Hi."],
+        "vocabulary file not found: {no_vocab}/vocab_target.txt",
+    ),
+    "vocabulary_of_another_run": (
+        ["translate", "--model", "{other_vocab}", "Hi."],
+        "the target vocabulary has 5; the model and the vocabulary come from different runs.",
+    ),
+    "input_not_utf8": (
+        ["translate", "--model", "{run}", "--input", "{latin1}"],
+        "input file {latin1}, line 2: not UTF-8 text (byte 0xe9 at column 12); the input must be "
+        "UTF-8: convert it first, e.g. with iconv -f latin1 -t utf-8.",
+    ),
+    "input_is_a_folder": (
+        ["translate", "--model", "{run}", "--input", "{dir}"],
+        "input file {dir} is a folder, not a file; pass the file itself.",
+    ),
+    "output_is_a_folder": (
+        ["translate", "--model", "{run}", "--output", "{dir}", "Hi."],
+        "--output {dir} is a folder; pass a file path to write.",
+    ),
+    "output_under_a_file": (
+        ["translate", "--model", "{run}", "--output", "{file}/es.txt", "Hi."],
+        "--output {file}/es.txt: {file} is a file, not a folder.",
+    ),
+    "attention_plot_is_a_file": (
+        ["translate", "--model", "{run}", "--attention-plot", "{file}", "Hi."],
+        "--attention-plot {file}: {file} is a file, not a folder.",
+    ),
+    "server_without_scheme": (
+        ["translate", "--server", "localhost:8501", "Hi."],
+        "base_url must be an http(s) URL such as http://localhost:8501. "
+        "Received: base_url='localhost:8501'",
+    ),
+    "evaluate_pairs_is_a_folder": (
+        ["evaluate", "--model", "{run}", "--pairs", "{dir}"],
+        "pairs file {dir} is a folder, not a file; pass the file itself.",
+    ),
+    "evaluate_pairs_without_tab": (
+        ["evaluate", "--model", "{run}", "--pairs", "{notab}"],
+        "pairs file {notab}, line 2: expected 'English<TAB>Spanish'. Received: 'no tab here'",
+    ),
+    "evaluate_empty_test_split": (
+        ["evaluate", "--model", "{run}", "--data", "{three}", "--output", "{new}/eval.json"],
+        "the test split of {three} is empty (2 train, 1 val, 0 test pairs): nothing to score. "
+        "Pass a larger corpus with --data, another --split, or --pairs FILE.",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_one_clear_error_line_and_writes_nothing(case, bad, capsys):
+    argv, message = BAD_INPUTS[case]
+    status, out, err = _run([a.format(**bad) for a in argv], capsys)
+    assert status == 2, err[-3000:]
+    assert "Traceback" not in err and out == ""
+    assert err.splitlines()[-1].startswith("error: ")
+    assert message.format(**bad) in err.splitlines()[-1]
+    assert not bad["new"].exists()  # Nothing written: no run directory, no output.
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "--time-budget-minutes", "-1"],
+            "argument --time-budget-minutes: expected a positive number, got '-1'",
+        ),
+        (
+            ["translate", "--server", "http://x", "--timeout", "0"],
+            "argument --timeout: expected a positive number, got '0'",
+        ),
+        (
+            ["translate", "--server", "http://x", "--model-version", "-1"],
+            "argument --model-version: expected an integer >= 0, got '-1'",
+        ),
+    ],
+)
+def test_bad_option_values_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_translate_help_states_the_timeout_and_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["translate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--timeout SECONDS with --server: seconds to wait for each answer (default: 60)"
+        in help_text
+    )
+
+
+def test_one_output_line_per_input_line_whatever_the_line_breaks(tiny_run, translator):
+    # The issue's input: a form feed (and U+2028, U+0085, \r\n) inside a line must not make
+    # two translations of it, shifting every later line.
+    stdin = "Where is Tom?\nI am here\x0cnow\r\nGood\u2028morning\nGo\x85now.\n\n \t \n".encode()
+    result = subprocess.run(
+        [sys.executable, "-m", "apps.translator", "translate", "--model", str(tiny_run[0])],
+        input=stdin,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.decode("utf-8").split("\n")
+    assert lines[-1] == "" and len(lines) - 1 == 6
+    expected = translator.translate(
+        ["Where is Tom?", "I am here now", "Good morning", "Go now.", "", ""]
+    )
+    assert lines[:-1] == expected
+    assert lines[4] == lines[5] == ""
+
+
+def test_stdin_that_is_not_utf8_names_the_line(tiny_run, capsys, monkeypatch):
+    stdin = io.TextIOWrapper(
+        io.BytesIO(b"Where is Tom?\nI am \xff here\n"), encoding="utf-8", errors="surrogateescape"
+    )
+    monkeypatch.setattr(sys, "stdin", stdin)
+    status, out, err = _run(["translate", "--model", tiny_run[0]], capsys)
+    assert status == 2 and out == ""
+    assert err.splitlines()[-1] == (
+        "error: standard input, line 2: not UTF-8 text (byte 0xff at column 6); the input must "
+        "be UTF-8: convert it first, e.g. with iconv -f latin1 -t utf-8."
+    )
+
+
+def test_a_500_word_sentence_is_truncated_with_a_warning(tiny_run, translator, capsys):
+    long = " ".join(["I am Tom."] * 125)  # 500 tokens, all in the vocabulary.
+    status, out, err = _run(["translate", "--model", tiny_run[0], "Go.", long], capsys)
+    assert status == 0
+    assert out.splitlines() == translator.translate(["Go.", long])
+    assert err.splitlines() == [
+        "warning: line 2 has 500 tokens, more than the model's limit of 10; only the first 10 "
+        "are translated."
+    ]
+
+
+def test_evaluate_reads_pairs_from_a_pipe(tiny_run, tmp_path, capsys):
+    # `translator evaluate --pairs <(grep ... spa.txt)`: the shell passes /dev/fd/N, a pipe.
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"Go.\tVe.\nGo.\tVete.\nHi.\tHola.\n")
+    os.close(write_end)
+    output = tmp_path / "eval.json"
+    try:
+        status, out, err = _run(
+            [
+                "evaluate",
+                "--model",
+                tiny_run[0],
+                "--pairs",
+                f"/dev/fd/{read_end}",
+                "--output",
+                output,
+            ],
+            capsys,
+        )
+    finally:
+        os.close(read_end)
+    assert status == 0, err
+    saved = json.loads(output.read_text(encoding="utf-8"))
+    assert saved["num_pairs"] == 3 and saved["num_sources"] == 2
+
+
+def test_a_server_that_never_answers_times_out_after_timeout_seconds(capsys):
+    import socket
+    import threading
+    import time
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    port = server.getsockname()[1]
+    stop, held = threading.Event(), []
+
+    def accept_and_stay_silent():
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                pass
+
+    listener = threading.Thread(target=accept_and_stay_silent, daemon=True)
+    listener.start()
+    result = {}
+
+    def client():
+        argv = ["translate", "--server", f"http://127.0.0.1:{port}", "--timeout", "1", "Hi."]
+        start = time.monotonic()
+        result["status"] = main(argv)
+        result["seconds"] = time.monotonic() - start
+
+    worker = threading.Thread(target=client, daemon=True)
+    try:
+        worker.start()
+        worker.join(30)  # Bounded: a client that ignored --timeout fails here, never hangs.
+    finally:
+        stop.set()
+        listener.join(5)
+        for connection in held:
+            connection.close()
+        server.close()
+    assert not worker.is_alive(), "the client did not give up within 30 s"
+    err = capsys.readouterr().err
+    assert result["status"] == 2 and result["seconds"] < 10
+    assert err.splitlines()[-1] == (
+        f"error: TF Serving at http://127.0.0.1:{port}/v1/models/translator:predict did not "
+        "answer within 1 s (--timeout); the server may be overloaded or the request too large: "
+        "raise --timeout SECONDS, or check the server."
+    )

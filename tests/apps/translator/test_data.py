@@ -1,14 +1,19 @@
 """Reading, splitting and batching the real spa-eng corpus."""
 
+import os
+import threading
+import warnings
 import zipfile
 
 import numpy as np
 import pytest
 
+from apps.common.errors import DataError, MissingFileError
 from apps.translator.data import (
     SPA_ENG_SHA256,
     Pair,
     bucket_boundaries,
+    check_split_sizes,
     group_references,
     load_pairs,
     make_dataset,
@@ -54,6 +59,82 @@ def test_missing_and_empty_files_raise_clearly(tmp_path):
     with pytest.raises(ValueError, match="holds no sentence pairs"):
         read_pairs(empty)
     assert len(SPA_ENG_SHA256) == 64
+
+
+def test_a_truncated_or_damaged_zip_says_so_and_how_to_get_a_good_copy(spa_eng_zip, tmp_path):
+    data = spa_eng_zip.read_bytes()
+    half = tmp_path / "half.zip"
+    half.write_bytes(data[: len(data) // 2])
+    damaged = tmp_path / "damaged.zip"  # Complete, but with bytes of the pairs file changed.
+    damaged.write_bytes(
+        data[:200_000] + bytes(b ^ 0x55 for b in data[200_000:200_100]) + data[200_100:]
+    )
+    for path in (half, damaged):
+        with pytest.raises(DataError, match="is a truncated or corrupt zip archive") as info:
+            load_pairs(path)
+        assert "download http://storage.googleapis.com" in str(info.value)
+        assert "pass --data a complete file" in str(info.value)
+    not_a_zip = tmp_path / "spa-eng.zip"
+    not_a_zip.write_text("Hi.\tHola.\n", encoding="utf-8")
+    with pytest.raises(DataError, match="spa-eng.zip is not a zip archive"):
+        load_pairs(not_a_zip)
+
+
+def test_pairs_are_read_from_a_pipe(tmp_path):
+    # `--pairs <(...)` hands over /dev/fd/N: a pipe, which is no regular file.
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(
+        target=lambda: (os.write(write_end, b"Hi.\tHola.\nGo.\tVe.\n"), os.close(write_end))
+    )
+    writer.start()
+    try:
+        assert read_pairs(f"/dev/fd/{read_end}") == [Pair("Hi.", "Hola."), Pair("Go.", "Ve.")]
+    finally:
+        writer.join(5)
+        os.close(read_end)
+
+
+def test_unreadable_inputs_name_the_file_and_the_line(tmp_path):
+    with pytest.raises(DataError, match="data file .* is a folder, not a file"):
+        load_pairs(tmp_path)
+    with pytest.raises(MissingFileError, match="pairs file not found"):
+        read_pairs(tmp_path / "nope.tsv")
+    latin1 = tmp_path / "latin1.tsv"
+    latin1.write_bytes("Hi.\tHola.\nCoffee.\tCafé.\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.tsv, line 2: not UTF-8 text \(byte 0xe9"):
+        read_pairs(latin1)
+
+
+def test_only_newlines_end_a_pair_line(tmp_path):
+    # A form feed or U+2028 inside a sentence stays inside it (str.splitlines would
+    # cut the line in two, and report a line without a tab); \r\n ends a line.
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes("Hi.\tHola.\r\nI am\x0chere.\tEstoy\u2028aquí.\r\nGo.\tVe.\n".encode())
+    assert read_pairs(path) == [
+        Pair("Hi.", "Hola."),
+        Pair("I am\x0chere.", "Estoy\u2028aquí."),
+        Pair("Go.", "Ve."),
+    ]
+    with pytest.raises(DataError, match=r"pairs.tsv, line 3: expected 'English<TAB>Spanish'"):
+        parse_pairs("Hi.\tHola.\r\nGo.\x85\tVe.\nno tab\n", "pairs.tsv")
+
+
+def test_split_sizes_below_the_minimum_raise_and_an_empty_test_split_warns():
+    with pytest.raises(
+        DataError,
+        match=r"^data file x.txt gives 2 training, 1 validation and 0 test pairs; training "
+        r"needs at least 32 training pairs \(one batch, batch_size=32\) and 1 validation pair",
+    ):
+        check_split_sizes(2, 1, 0, 32, "data file x.txt")
+    with pytest.raises(DataError, match="0 validation"):
+        check_split_sizes(100, 0, 5, 32, "data file x.txt")
+    with pytest.raises(DataError, match=r"Raise --max-train-pairs \(now 10\) to 32 or more"):
+        check_split_sizes(10, 5, 5, 32, "data file x.txt", max_train_pairs=10)
+    with pytest.warns(UserWarning, match="'translator evaluate --split test' will have nothing"):
+        check_split_sizes(32, 1, 0, 32, "data file x.txt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_split_sizes(32, 1, 1, 32, "data file x.txt")  # The minimum: no error, no warning.
 
 
 def test_split_is_deterministic_and_pinned():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from apps.common.config import load_config
+from apps.common.errors import DataError, RunDirError
 from apps.translator.config import TranslatorConfig, tiny
 from apps.translator.data import Splits
 from apps.translator.train import (
@@ -67,9 +68,21 @@ def test_resuming_with_another_config_is_refused(tiny_run, spa_splits):
         train(other, run_dir=run_dir, splits=spa_splits)
 
 
-def test_too_few_pairs_raise(tmp_path, spa_splits):
-    with pytest.raises(ValueError, match="needs training and validation pairs"):
+def test_too_few_pairs_raise_before_the_run_directory_is_written(tmp_path, spa_splits):
+    with pytest.raises(
+        DataError,
+        match=r"the corpus gives 10 training, 0 validation and 0 test pairs; training needs at "
+        r"least 32 training pairs \(one batch, batch_size=32\) and 1 validation pair",
+    ):
         train(tiny(), run_dir=tmp_path / "run", splits=Splits(spa_splits.train[:10], [], []))
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_json_records_the_app(tiny_run):
+    saved = json.loads((tiny_run[0] / "config.json").read_text(encoding="utf-8"))
+    assert saved["app"] == "translator"
+    with pytest.raises(RunDirError, match="written by the 'translator' app, not 'medical_cnn'"):
+        load_config(TranslatorConfig, tiny_run[0] / "config.json", app="medical_cnn")
 
 
 def test_padding_is_ignored_by_loss_and_accuracy():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from apps.common.errors import DataError
 from apps.translator.tokens import ids_to_text
 from apps.translator.vectorization import (
     END_ID,
@@ -194,6 +195,37 @@ def test_invalid_vocabularies_raise(tmp_path):
     bad.write_text("hello\nworld\n", encoding="utf-8")
     with pytest.raises(ValueError, match="bad.txt is invalid"):
         Vocabulary.load(bad)
+
+
+def test_every_unicode_space_separates_words_so_vocabularies_stay_valid():
+    # Sentences are no longer cut at U+2028, U+0085 & co. (only at \n), so these
+    # reach the tokenizer; no token may hold one (`check_tokens` refuses spaces).
+    spaces = [chr(c) for c in range(0x3001) if chr(c).isspace()]
+    assert _words("a" + "a".join(spaces) + "a") == ["a"] * (len(spaces) + 1)
+    vocab = Vocabulary.from_texts(["Estoy\u2028aquí.", "Go\x85now\x0cplease"], max_size=20)
+    assert set(vocab.tokens[4:]) == {"Estoy", "aquí", ".", "Go", "now", "please"}
+
+
+def test_damaged_vocabulary_files_say_what_is_wrong(tmp_path):
+    path = tmp_path / "vocab_source.txt"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(
+        DataError, match=r"vocab_source.txt is invalid: A vocabulary must start with the reserved"
+    ) as info:
+        Vocabulary.load(path)
+    assert "copy the run directory again or retrain" in str(info.value)
+    path.write_text("\n".join([*RESERVED_TOKENS, "Tom", "Go", "Tom"]) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"unique. Received duplicates: \['Tom'\]"):
+        Vocabulary.load(path)
+    # A form feed inside a line must not split it (that would shift every later id).
+    path.write_text("\n".join([*RESERVED_TOKENS, "a\x0cb", "c"]) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="without spaces"):
+        Vocabulary.load(path)
+    path.write_bytes("\r\n".join([*RESERVED_TOKENS, "café"]).encode() + b"\r\n")
+    assert Vocabulary.load(path).tokens[4:] == ("café",)
+    path.write_bytes("\n".join([*RESERVED_TOKENS, "café"]).encode("latin-1"))
+    with pytest.raises(DataError, match="line 5: not UTF-8 text"):
+        Vocabulary.load(path)
 
 
 def test_python_detokeniser_matches_the_graph_one(spa_eng_zip):
