@@ -115,7 +115,7 @@ def prepare(
         resolve_data_path,
         split_pairs,
     )
-    from apps.translator.train import build_vocabularies
+    from apps.translator.vectorization import build_vocabularies
 
     out_dir = check_run_dir_path(out_dir, "--out")
     data_path = resolve_data_path(data)

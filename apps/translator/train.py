@@ -174,28 +174,9 @@ def _prepare_run_dir(run_dir: Path, config: TranslatorConfig) -> None:
         save_config(config, config_path, app=APP_NAME)
 
 
-def build_vocabularies(train_pairs, config: TranslatorConfig):
-    """English and Spanish `Vocabulary` of the training pairs, capped by the config."""
-    from apps.translator.vectorization import Vocabulary
-
-    source_vocab = Vocabulary.from_texts(
-        (p.english for p in train_pairs),
-        config.source_vocab_size,
-        config.min_count,
-        "source_vocab",
-    )
-    target_vocab = Vocabulary.from_texts(
-        (p.spanish for p in train_pairs),
-        config.target_vocab_size,
-        config.min_count,
-        "target_vocab",
-    )
-    return source_vocab, target_vocab
-
-
 def _vocabularies(run_dir: Path, splits_train, config: TranslatorConfig):
     """The run's vocabularies: loaded when resuming, else built from the training split and saved."""
-    from apps.translator.vectorization import Vocabulary
+    from apps.translator.vectorization import Vocabulary, build_vocabularies
 
     source_path, target_path = run_dir / SOURCE_VOCAB_FILE, run_dir / TARGET_VOCAB_FILE
     if source_path.is_file() and target_path.is_file():

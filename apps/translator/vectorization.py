@@ -229,3 +229,24 @@ def pad_batch(ids: tf.RaggedTensor, max_length: int) -> tf.Tensor:
     ids = ids[:, :max_length]
     width = tf.maximum(tf.reduce_max(ids.row_lengths()), 1)
     return ids.to_tensor(default_value=PAD_ID, shape=tf.stack([ids.nrows(), width]))
+
+
+def build_vocabularies(train_pairs, config):
+    """English and Spanish `Vocabulary` of the training pairs (`Pair`s), capped by the config.
+
+    `config` needs `source_vocab_size`, `target_vocab_size` and `min_count`
+    (a `TranslatorConfig`).
+    """
+    source_vocab = Vocabulary.from_texts(
+        (p.english for p in train_pairs),
+        config.source_vocab_size,
+        config.min_count,
+        "source_vocab",
+    )
+    target_vocab = Vocabulary.from_texts(
+        (p.spanish for p in train_pairs),
+        config.target_vocab_size,
+        config.min_count,
+        "target_vocab",
+    )
+    return source_vocab, target_vocab

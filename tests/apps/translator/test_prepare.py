@@ -22,9 +22,9 @@ from apps.translator.data import (
 from apps.translator.evaluate import evaluate_pairs
 from apps.translator.model import DECODER_INPUT, SOURCE_INPUT, build_model
 from apps.translator.prepared import ArrayBatches, PreparedSplit, load_prepared, prepare
-from apps.translator.train import build_vocabularies, compile_model, train
+from apps.translator.train import compile_model, train
 from apps.translator.translate import Translator
-from apps.translator.vectorization import END_ID, PAD_ID, START_ID, Vocabulary
+from apps.translator.vectorization import END_ID, PAD_ID, START_ID, Vocabulary, build_vocabularies
 from tests.apps.translator.conftest import corpus_slice, write_pairs_file
 
 CONFIG = dataclasses.replace(tiny(), epochs=1, eval_sentences=40)
