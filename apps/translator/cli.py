@@ -19,7 +19,6 @@ for an empty or blank line.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -32,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from apps.common.cli import CliError, add_common_train_args, positive_int, run_cli
 from apps.common.distribute import STRATEGIES
 from apps.common.errors import UserError
-from apps.common.io import atomic_write_text
+from apps.common.io import atomic_write_text, to_json
 from apps.common.rundir import check_run_dir_path, default_run_dir
 from apps.common.textio import decode_utf8, join_lines, read_input_bytes, split_lines
 from apps.translator.config import APP_NAME, PRESETS, SERVING_TIMEOUT
@@ -155,7 +154,7 @@ def _prepare(args) -> None:
     config = _overrides(get_config(args.preset), max_train_pairs=args.max_train_pairs)
     manifest = prepare(config, args.out, data=args.data, preset=args.preset)
     summary = {k: manifest[k] for k in ("preset", "sequence_length", "vocab_sizes", "splits")}
-    print(json.dumps(summary, indent=2))
+    print(to_json(summary, indent=2))
     print(f"wrote {args.out}", file=sys.stderr)
 
 
@@ -199,7 +198,7 @@ def _train(args) -> None:
         config, data=args.data, run_dir=run_dir, prepared=prepared, distribute=args.distribute
     )
     metrics.pop("samples", None)
-    print(json.dumps(metrics, indent=2))
+    print(to_json(metrics, indent=2))
 
 
 def _evaluate(args) -> None:
@@ -218,7 +217,7 @@ def _evaluate(args) -> None:
         batch_size=args.batch_size,
     )
     summary = {k: results[k] for k in ("num_sources", "bleu", "chrf", "bleu_single_reference")}
-    print(json.dumps(summary, indent=2))
+    print(to_json(summary, indent=2))
     print(f"wrote {path}", file=sys.stderr)
 
 
