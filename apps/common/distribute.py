@@ -61,6 +61,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from apps.common.errors import UserError
+
 STRATEGIES = ("none", "mirrored", "multiworker")
 TF_CONFIG_ENV = "TF_CONFIG"
 # Task types of a `TF_CONFIG` cluster that train (`ps` and `evaluator` belong to
@@ -105,14 +107,14 @@ class ClusterConfig:
         return self.task_type == "worker" and self.task_index == 0
 
 
-def _tf_config_error(problem: str) -> ValueError:
+def _tf_config_error(problem: str) -> UserError:
     example = json.dumps(
         {
             "cluster": {"worker": ["host1:12345", "host2:12345"]},
             "task": {"type": "worker", "index": 0},
         }
     )
-    return ValueError(
+    return UserError(
         f"--distribute multiworker reads the cluster from the {TF_CONFIG_ENV} environment "
         f"variable, but {problem}. Set it on every worker to the same cluster and that "
         f"worker's own task, e.g. {TF_CONFIG_ENV}='{example}' (index 1 on the second "
@@ -130,7 +132,7 @@ def parse_tf_config(text: str | None = None) -> ClusterConfig:
         A `ClusterConfig`.
 
     Raises:
-        ValueError: the variable is missing or empty, not JSON, lacks `cluster`
+        UserError: the variable is missing or empty, not JSON, lacks `cluster`
             or `task`, has no `chief`/`worker` tasks, an address that is not
             `host:port`, or a task type / index that the cluster does not have.
     """
@@ -232,9 +234,9 @@ class Distribution:
         return self.num_replicas if self.backend == "jax" else 1
 
     def check_batch_size(self, batch_size: int) -> None:
-        """Raises ValueError if the global batch cannot be split evenly where needed."""
+        """Raises `UserError` if the global batch cannot be split evenly where needed."""
         if batch_size % self.batch_multiple:
-            raise ValueError(
+            raise UserError(
                 f"batch_size={batch_size} cannot be split evenly over the {self.num_replicas} "
                 f"devices of --distribute {self.name} on JAX; use a multiple of "
                 f"{self.num_replicas} (the batch size is the global batch, over all devices)."
@@ -381,9 +383,10 @@ def get_distribution(name: str = "none", backend: str | None = None) -> Distribu
         A `Distribution`.
 
     Raises:
-        ValueError: an unknown name; a strategy the backend has no engine for
-            (`multiworker` on JAX, any strategy on other backends); for
-            `multiworker`, a missing or invalid `TF_CONFIG`.
+        ValueError: an unknown name.
+        UserError: a strategy the backend has no engine for (`multiworker` on
+            JAX, any strategy on other backends); for `multiworker`, a missing
+            or invalid `TF_CONFIG`.
     """
     _check_name(name)
     backend = backend or keras_backend()
@@ -391,7 +394,7 @@ def get_distribution(name: str = "none", backend: str | None = None) -> Distribu
         return Distribution(name, backend)
     if backend == "jax":
         if name == "multiworker":
-            raise ValueError(
+            raise UserError(
                 "--distribute multiworker uses tf.distribute.MultiWorkerMirroredStrategy and "
                 "needs KERAS_BACKEND=tensorflow (current backend: jax). On JAX, use "
                 "--distribute mirrored for all the devices of one machine."
@@ -402,7 +405,7 @@ def get_distribution(name: str = "none", backend: str | None = None) -> Distribu
         strategy = keras.distribution.DataParallel(devices=devices)
         return Distribution(name, backend, strategy, num_replicas=len(devices))
     if backend != "tensorflow":
-        raise ValueError(
+        raise UserError(
             f"--distribute {name} needs the tensorflow or jax backend (current backend: "
             f"{backend}); use --distribute none."
         )
