@@ -132,7 +132,7 @@ def parse_tf_config(text: str | None = None) -> ClusterConfig:
         A `ClusterConfig`.
 
     Raises:
-        ValueError: the variable is missing or empty, not JSON, lacks `cluster`
+        UserError: the variable is missing or empty, not JSON, lacks `cluster`
             or `task`, has no `chief`/`worker` tasks, an address that is not
             `host:port`, or a task type / index that the cluster does not have.
     """
@@ -234,7 +234,7 @@ class Distribution:
         return self.num_replicas if self.backend == "jax" else 1
 
     def check_batch_size(self, batch_size: int) -> None:
-        """Raises ValueError if the global batch cannot be split evenly where needed."""
+        """Raises `UserError` if the global batch cannot be split evenly where needed."""
         if batch_size % self.batch_multiple:
             raise UserError(
                 f"batch_size={batch_size} cannot be split evenly over the {self.num_replicas} "
@@ -415,9 +415,10 @@ def get_distribution(name: str = "none", backend: str | None = None) -> Distribu
         A `Distribution`.
 
     Raises:
-        ValueError: an unknown name; a strategy the backend has no engine for
-            (`multiworker` on JAX, any strategy on other backends); for
-            `multiworker`, a missing or invalid `TF_CONFIG`.
+        ValueError: an unknown name.
+        UserError: a strategy the backend has no engine for (`multiworker` on
+            JAX, any strategy on other backends); for `multiworker`, a missing
+            or invalid `TF_CONFIG`.
     """
     _check_name(name)
     backend = backend or keras_backend()

@@ -138,6 +138,31 @@ def is_complete_saved_model(path: str | os.PathLike) -> bool:
     return has_graph and (not variables.exists() or (variables / "variables.index").is_file())
 
 
+def check_base_dir(base_dir: str | os.PathLike) -> Path:
+    """Returns `base_dir` as a `Path` if versions can be exported into it; creates nothing.
+
+    Call it before any slow work (loading a model) so that a wrong path fails
+    at once and leaves nothing behind.
+
+    Raises:
+        UserError: `base_dir` or one of its parents is a file, or `base_dir`
+            is itself a SavedModel (its parent is the base path).
+    """
+    base = Path(base_dir)
+    for candidate in (base, *base.parents):
+        if candidate.exists() and not candidate.is_dir():
+            raise UserError(
+                f"base_dir must be a folder, but {candidate} is a file; pass a new or existing "
+                f"folder for the exported versions."
+            )
+    if any((base / name).exists() for name in _SAVED_MODEL_FILES):
+        raise UserError(
+            f"base_dir {base} is itself a SavedModel; pass the model's base path "
+            f"(the folder that holds the integer versions), e.g. {base.parent}."
+        )
+    return base
+
+
 def export_versioned(
     base_dir: str | os.PathLike,
     write_fn: Callable[[Path], object],
@@ -159,22 +184,16 @@ def export_versioned(
         The new version folder, `base_dir/<N>`.
 
     Raises:
-        ValueError: bad `keep`, `base_dir` is a file, or `base_dir` is itself a
-            SavedModel (pass its parent).
+        ValueError: bad `keep`.
+        UserError: `base_dir` (or a parent) is a file, or `base_dir` is
+            itself a SavedModel (pass its parent); see `check_base_dir`.
         ExportError: `write_fn` returned without writing a `saved_model.pb`.
         Any exception from `write_fn`, after its temporary folder is removed;
         no version folder is created in that case.
     """
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise UserError(f"keep must be a positive integer or None. Received: keep={keep!r}")
-    base = Path(base_dir)
-    if base.exists() and not base.is_dir():
-        raise UserError(f"base_dir must be a folder, but {base} is a file.")
-    if any((base / name).exists() for name in _SAVED_MODEL_FILES):
-        raise UserError(
-            f"base_dir {base} is itself a SavedModel; pass the model's base path "
-            f"(the folder that holds the integer versions), e.g. {base.parent}."
-        )
+    base = check_base_dir(base_dir)
     base.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(base)
     incomplete = incomplete_versions(base)

@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from apps.common.errors import RunDirError
+from apps.common.errors import RunDirError, UserError
 
 RUNS_ROOT_ENV = "APPS_RUNS_DIR"
 CONFIG_FILE = "config.json"
@@ -47,20 +47,36 @@ def default_run_dir(app_name: str, root: str | os.PathLike | None = None) -> Pat
     return candidate
 
 
+def check_folder_path(path: str | os.PathLike, option: str, purpose: str = "the output") -> Path:
+    """Returns `path` as a path that can be (or already is) a folder; creates nothing.
+
+    For output folders named on a command line (`--run-dir`, `--explain`,
+    `--base`): checked before any work starts, so a mistyped path fails at
+    once and leaves nothing behind.
+
+    Raises:
+        UserError: the path, or one of its parents, is an existing file.
+    """
+    path = Path(path).expanduser()
+    for candidate in (path, *path.parents):
+        if candidate.exists() and not candidate.is_dir():
+            raise UserError(
+                f"{option} {path}: {candidate} is a file, not a folder; pass a new or "
+                f"existing folder for {purpose}."
+            )
+    return path
+
+
 def check_run_dir_path(run_dir: str | os.PathLike, option: str = "--run-dir") -> Path:
     """Returns `run_dir` as a path that can be (or already is) a folder.
 
     Raises:
         RunDirError: the path, or one of its parents, is an existing file.
     """
-    path = Path(run_dir).expanduser()
-    for candidate in (path, *path.parents):
-        if candidate.exists() and not candidate.is_dir():
-            raise RunDirError(
-                f"{option} {path}: {candidate} is a file, not a folder; pass a new or "
-                f"existing folder for the run."
-            )
-    return path
+    try:
+        return check_folder_path(run_dir, option, "the run")
+    except UserError as e:
+        raise RunDirError(str(e)) from None
 
 
 def app_of_run(run_dir: str | os.PathLike) -> str | None:

@@ -10,9 +10,12 @@ from pathlib import Path
 import keras
 
 from apps.common.config import load_config
+from apps.common.errors import UserError
 from apps.common.model_io import ModelLoadError, load_keras_model, resolve_model_path
+from apps.common.rundir import check_run_app
 from apps.medical_cnn.config import MedicalCNNConfig
 
+APP_NAME = "medical_cnn"
 THRESHOLD_FILE = "threshold.json"
 DEFAULT_THRESHOLD = 0.5
 
@@ -53,21 +56,60 @@ def read_threshold(folder: str | os.PathLike) -> tuple[float, str]:
     return value, str(path)
 
 
+def check_image_classifier(model: keras.Model, model_path: str | os.PathLike) -> None:
+    """Raises `ModelLoadError` unless `model` is an image classifier this app can use.
+
+    That is: one image input `(batch, height, width, channels)` with known
+    height and width and 1 or 3 channels, and one output `(batch, units)`.
+    A translator model, or any other `.keras` file, is refused here with a
+    message naming the file rather than failing later inside prediction or
+    export.
+    """
+    inputs, outputs = list(model.inputs), list(model.outputs)
+    problems = []
+    if len(inputs) != 1:
+        problems.append(f"it takes {len(inputs)} inputs")
+    else:
+        shape = tuple(inputs[0].shape)
+        if len(shape) != 4:
+            problems.append(f"its input has shape {shape}, not (batch, height, width, channels)")
+        elif shape[1] is None or shape[2] is None or shape[3] not in (1, 3):
+            problems.append(f"its input {shape} is not a fixed-size grey or RGB image")
+    if len(outputs) != 1:
+        problems.append(f"it has {len(outputs)} outputs")
+    elif len(tuple(outputs[0].shape)) != 2:
+        problems.append(f"its output has shape {tuple(outputs[0].shape)}, not (batch, classes)")
+    if problems:
+        raise ModelLoadError(
+            f"{model_path} is not a medical-cnn image classifier: {'; '.join(problems)}. "
+            f"Pass a run directory written by 'medical-cnn train' (or its model.keras)."
+        )
+
+
 def load_run(model_or_run_dir: str | os.PathLike, compile: bool = False) -> LoadedRun:
     """Loads a run directory (or a `.keras` file and the run files beside it).
 
+    The folder's `config.json` must not name another app (a translator run is
+    refused before its model is loaded), and the model must be an image
+    classifier (`check_image_classifier`).
+
     Raises:
-        ModelLoadError: the model is missing, corrupt, or refused by safe mode.
+        RunDirError: the folder is another app's run directory.
+        ModelLoadError: the model is missing, corrupt, refused by safe mode,
+            not an image classifier, or its `threshold.json` is malformed.
     """
-    model_path = resolve_model_path(model_or_run_dir)
-    model = load_keras_model(model_path, compile=compile)
+    given = Path(model_or_run_dir).expanduser()
+    check_run_app(given if given.is_dir() else given.parent, APP_NAME, option="--model")
+    model_path = resolve_model_path(given)
     folder = model_path.parent
+    model = load_keras_model(model_path, compile=compile)
+    check_image_classifier(model, model_path)
     config = None
     if (folder / "config.json").is_file():
         try:
-            config = load_config(MedicalCNNConfig, folder / "config.json")
-        except ValueError:
-            config = None  # A foreign config.json: the model alone is enough.
+            config = load_config(MedicalCNNConfig, folder / "config.json", app=APP_NAME)
+        except (UserError, TypeError):
+            config = None  # A foreign or unreadable config.json: the model alone is enough.
     threshold, source = read_threshold(folder)
     units = int(model.output_shape[-1])
     k = 2 if units == 1 else units

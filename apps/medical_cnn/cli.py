@@ -2,30 +2,41 @@
 
 ```
 medical-cnn train [--data PATH | --dataset tfds:NAME] [--preset default] [--epochs N]
-                  [--run-dir DIR] [--seed N]
+                  [--run-dir DIR] [--seed N] [--learning-rate LR] [--max-train-examples N]
 medical-cnn evaluate --model RUN_DIR_OR_MODEL [--data PATH] [--split val] [--out FILE]
 medical-cnn predict --model RUN_DIR_OR_MODEL IMAGE... [--explain OUT_DIR]
-medical-cnn predict --server URL [--model-name medical_cnn] [--model-version N] IMAGE...
+medical-cnn predict --server URL [--model-name medical_cnn] [--model-version N]
+                    [--timeout SECONDS] IMAGE...
 medical-cnn export --model RUN_DIR_OR_MODEL [--base saved_models/medical_cnn] [--keep K]
 ```
 
-Errors in the input (missing files, malformed data, unsafe or corrupt models)
-print `error: ...` and exit with status 2, as do TF Serving failures (server
-unreachable, model or version not loaded); `predict` exits with 1 when some
-files could not be read (the others are still predicted). `predict --server`
-prints the same lines as `predict --model`.
+Errors in the input (missing files, malformed data, unsafe or corrupt models,
+another app's run directory, output paths that are files, a training run whose
+loss diverged) print `error: ...` and exit with status 2, as do TF Serving
+failures (server unreachable or too slow, model or version not loaded);
+`predict` exits with 1 when some files could not be read (the others are still
+predicted). `predict --server` prints the same lines as `predict --model`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
-from apps.common.cli import CliError, add_common_train_args, default_run_dir, run_cli
+from apps.common.cli import (
+    CliError,
+    add_common_train_args,
+    default_run_dir,
+    positive_int,
+    run_cli,
+)
 
 APP_NAME = "medical_cnn"
+# Seconds `predict --server` waits for each answer (`serving.predict_files_served`'s default).
+SERVER_TIMEOUT_S = 30.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +54,15 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="'pneumoniamnist' (default; downloaded unless --data), 'npz' or 'tfds:NAME'",
     )
-    train.add_argument("--max-train-examples", type=int, default=None, help="subsample train")
+    train.add_argument(
+        "--max-train-examples", type=positive_int, default=None, help="subsample train"
+    )
+    train.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=None,
+        help="override the preset's learning rate (lower it if training diverges)",
+    )
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     train.add_argument(
         "--distribute",
@@ -73,13 +92,22 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="version on the server (default: the latest it serves)",
     )
+    predict.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help=f"with --server: seconds to wait for each answer (default: {SERVER_TIMEOUT_S:g})",
+    )
     predict.add_argument("images", nargs="+", help="PNG/JPEG files")
     predict.add_argument("--explain", default=None, help="write Grad-CAM overlays to this folder")
 
     export = sub.add_parser("export", help="write a versioned SavedModel for TF Serving")
     export.add_argument("--model", required=True, help="run directory or .keras file")
     export.add_argument("--base", default=os.path.join("saved_models", APP_NAME))
-    export.add_argument("--keep", type=int, default=None, help="keep only the K newest versions")
+    export.add_argument(
+        "--keep", type=positive_int, default=None, help="keep only the K newest versions"
+    )
     return parser
 
 
@@ -93,6 +121,8 @@ def _train(args) -> int:
         dataset = "pneumoniamnist"
     if dataset.startswith("tfds:") and args.data is not None:
         raise CliError("give either --data PATH or --dataset tfds:NAME, not both.")
+    if args.data is not None and args.data.is_dir():
+        raise CliError(f"--data {args.data} is a folder, not an .npz file; pass the file itself.")
     if args.data is not None and not args.data.is_file():
         raise CliError(f"data file not found: {args.data}")
     cfg = apply_overrides(
@@ -102,6 +132,7 @@ def _train(args) -> int:
         epochs=args.epochs,
         seed=args.seed,
         max_train_examples=args.max_train_examples,
+        learning_rate=args.learning_rate,
     )
     run_dir = args.run_dir if args.run_dir is not None else default_run_dir(APP_NAME)
     print(f"run directory: {run_dir}", file=sys.stderr)
@@ -124,6 +155,16 @@ def _evaluate(args) -> int:
     report = evaluate(args.model, args.data, args.split, args.out)
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -151,11 +192,17 @@ def _predict(args) -> int:
         from apps.medical_cnn.serving import predict_files_served
 
         records = predict_files_served(
-            args.server, args.images, args.model_name or APP_NAME, version=args.model_version
+            args.server,
+            args.images,
+            args.model_name or APP_NAME,
+            version=args.model_version,
+            timeout=SERVER_TIMEOUT_S if args.timeout is None else args.timeout,
         )
     else:
         if args.model_name is not None or args.model_version is not None:
             raise CliError("--model-name and --model-version address a server: add --server URL.")
+        if args.timeout is not None:
+            raise CliError("--timeout is for a server: add --server URL.")
         from apps.medical_cnn.predict import predict_files
 
         records = predict_files(args.model, args.images, explain_dir=args.explain)
@@ -171,8 +218,6 @@ def _predict(args) -> int:
 def _export(args) -> int:
     from apps.medical_cnn.export import export
 
-    if args.keep is not None and args.keep < 1:
-        raise CliError(f"--keep must be a positive integer. Received: {args.keep}")
     path = export(args.model, args.base, keep=args.keep)
     print(json.dumps({"export": str(path), "version": int(path.name)}))
     return 0

@@ -14,8 +14,10 @@ Presets:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from apps.common.config import get_preset
+from apps.common.errors import UserError
 
 POOLING_CHOICES = ("max", "average", "l2", "distance_weighted")
 LOSS_CHOICES = ("bce", "focal", "gce", "weighted_bce")
@@ -73,6 +75,12 @@ class MedicalCNNConfig:
 
     Filled by `train` from the data (saved in `config.json`):
         input_shape, num_classes, class_names, class_weights, pixel_mean, pixel_variance.
+
+    Raises:
+        UserError: a field out of range or an unknown choice (a `ValueError`;
+            the message names the field and the value received). Values come
+            from presets, command-line flags and `config.json` files, which
+            the user controls.
     """
 
     # Data
@@ -125,39 +133,50 @@ class MedicalCNNConfig:
         _check_choice("imbalance", self.imbalance, IMBALANCE_CHOICES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULE_CHOICES)
         if not (self.dataset in ("pneumoniamnist", "npz") or self.dataset.startswith("tfds:")):
-            raise ValueError(
+            raise UserError(
                 "dataset must be 'pneumoniamnist', 'npz' or 'tfds:NAME'. "
                 f"Received: dataset={self.dataset!r}"
             )
         if self.dataset == "npz" and not self.data_path:
-            raise ValueError("dataset='npz' needs data_path (pass --data PATH).")
+            raise UserError("dataset='npz' needs data_path (pass --data PATH).")
         for name in ("input_size", "convs_per_stage", "batch_size", "epochs", "patience"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+                raise UserError(f"{name} must be a positive integer. Received: {name}={value!r}")
         if not self.filters or any(not isinstance(f, int) or f < 1 for f in self.filters):
-            raise ValueError(
+            raise UserError(
                 f"filters must be a non-empty tuple of positive integers. Received: "
                 f"filters={self.filters!r}"
             )
         for name in ("conv_dropout", "dropout", "label_smoothing"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
+                raise UserError(f"{name} must be in [0, 1). Received: {name}={value!r}")
+        if not (
+            isinstance(self.learning_rate, (int, float))
+            and math.isfinite(self.learning_rate)
+            and self.learning_rate > 0
+        ):
+            raise UserError(
+                f"learning_rate must be a positive number. Received: "
+                f"learning_rate={self.learning_rate!r}"
+            )
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UserError(f"seed must be an integer in 0..2**32-1. Received: seed={self.seed!r}")
         if not 0.0 < self.gce_q <= 1.0:
-            raise ValueError(f"gce_q must be in (0, 1]. Received: gce_q={self.gce_q!r}")
+            raise UserError(f"gce_q must be in (0, 1]. Received: gce_q={self.gce_q!r}")
         if self.max_train_examples is not None and self.max_train_examples < 1:
-            raise ValueError(
+            raise UserError(
                 "max_train_examples must be a positive integer or None. "
                 f"Received: max_train_examples={self.max_train_examples!r}"
             )
         if self.loss in ("weighted_bce", "focal") and self.imbalance == "class_weight":
-            raise ValueError(
+            raise UserError(
                 f"loss={self.loss!r} already balances the classes; combine it with "
                 f"imbalance='none' (received imbalance='class_weight')."
             )
         if self.focal_alpha is not None and not 0.0 <= self.focal_alpha <= 1.0:
-            raise ValueError(f"focal_alpha must be in [0, 1]. Received: {self.focal_alpha!r}")
+            raise UserError(f"focal_alpha must be in [0, 1]. Received: {self.focal_alpha!r}")
         self.filters = tuple(self.filters)
 
     @property
@@ -167,7 +186,7 @@ class MedicalCNNConfig:
 
 def _check_choice(name, value, choices):
     if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}. Received: {name}={value!r}")
+        raise UserError(f"{name} must be one of {', '.join(choices)}. Received: {name}={value!r}")
 
 
 def tiny() -> MedicalCNNConfig:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import keras
 import numpy as np
 
 from apps.common.data import fetch_file
+from apps.common.errors import DataError, MissingFileError, UserError
 
 SPLITS = ("train", "val", "test")
 
@@ -66,10 +69,17 @@ class ImageData:
         return self.splits[split]
 
 
+# How MedMNIST-style files are written; quoted in the errors about their format.
+_NPZ_HOW = "numpy.savez(path, train_images=..., train_labels=..., val_images=..., val_labels=...)"
+# The first bytes of a single-array `.npy` file.
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _npz_error(path, message, found, needed):
     found_text = ", ".join(sorted(found)) if found else "(none)"
-    return ValueError(
-        f"{path}: {message}. Keys found: {found_text}. Keys needed: {', '.join(needed)}."
+    return DataError(
+        f"{path}: {message}. Keys found: {found_text}. Keys needed: {', '.join(needed)}. "
+        f"MedMNIST-style files are written by {_NPZ_HOW}."
     )
 
 
@@ -79,21 +89,34 @@ def _check_images(path, key, images):
     elif images.ndim == 3:
         images = images[..., None]
     elif not (images.ndim == 4 and images.shape[-1] == 3):
-        raise ValueError(
+        hint = ""
+        if images.ndim == 4 and images.shape[-1] == 4:
+            hint = " (RGBA? drop the alpha channel: images[..., :3])"
+        raise DataError(
             f"{path}: '{key}' has shape {images.shape}; expected grayscale (N, H, W) or "
-            f"RGB (N, H, W, 3) images."
+            f"RGB (N, H, W, 3) images{hint}."
         )
     if images.shape[0] == 0:
-        raise ValueError(f"{path}: '{key}' holds no images (shape {images.shape}).")
+        raise DataError(f"{path}: '{key}' holds no images (shape {images.shape}).")
     if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
-        raise ValueError(f"{path}: '{key}' has dtype {images.dtype}; expected pixel numbers.")
+        raise DataError(f"{path}: '{key}' has dtype {images.dtype}; expected pixel numbers.")
+    if np.issubdtype(images.dtype, np.floating):
+        finite = np.isfinite(images)
+        bad = int(finite.size - np.count_nonzero(finite))
+        if bad:
+            bad_images = int(np.count_nonzero(~finite.reshape(len(images), -1).all(axis=1)))
+            raise DataError(
+                f"{path}: '{key}' holds {bad} non-finite pixel value(s) (NaN or infinity) in "
+                f"{bad_images} of its {len(images)} images; every pixel must be a number in "
+                f"0..255. Repair or drop those images."
+            )
     lo, hi = float(images.min()), float(images.max())
     if lo < 0 or hi > 255:
-        raise ValueError(
+        raise DataError(
             f"{path}: '{key}' pixel values span [{lo}, {hi}]; expected 0..255 like MedMNIST."
         )
     if np.issubdtype(images.dtype, np.floating) and hi <= 1.0:
-        raise ValueError(
+        raise DataError(
             f"{path}: '{key}' looks scaled to [0, 1]; store pixels in 0..255 (uint8) so that "
             f"image files converted for prediction match the training data."
         )
@@ -104,17 +127,81 @@ def _check_labels(path, key, labels, count):
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     elif labels.ndim != 1:
-        raise ValueError(
+        raise DataError(
             f"{path}: '{key}' has shape {labels.shape}; expected one class index per image, "
             f"(N,) or (N, 1) (multi-label data is not supported)."
         )
     if len(labels) != count:
-        raise ValueError(
+        raise DataError(
             f"{path}: mismatched counts: {count} images but {len(labels)} labels in '{key}'."
         )
-    if labels.size and (not np.all(np.equal(np.mod(labels, 1), 0)) or float(np.min(labels)) < 0):
-        raise ValueError(f"{path}: '{key}' must hold non-negative integer class indices.")
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)):
+        raise DataError(
+            f"{path}: '{key}' has dtype {labels.dtype}; expected integer class indices "
+            f"0, 1, ... (one per image)."
+        )
+    values = labels.astype("float64")
+    bad = ~(np.isfinite(values) & (values >= 0) & (np.mod(values, 1) == 0))
+    if bad.any():
+        raise DataError(
+            f"{path}: '{key}' must hold non-negative integer class indices; found "
+            f"{labels[bad][0].item()!r} ({int(bad.sum())} such label(s))."
+        )
     return labels.astype("int64")
+
+
+def _open_npz(path: Path):
+    """`np.load(path)` for an `.npz` archive, with errors that say what the file is instead.
+
+    Never pickles, and never repeats NumPy's advice to load a file unsafely.
+    """
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+    except OSError as e:
+        raise DataError(f"could not read data file {path}: {e.strerror or e}.") from e
+    if not head:
+        raise DataError(f"{path} is empty (0 bytes), not an .npz archive; written by {_NPZ_HOW}.")
+    if head == _NPY_MAGIC:
+        raise DataError(
+            f"{path} holds a single array (.npy format), not an .npz archive of named arrays; "
+            f"write the splits with {_NPZ_HOW}."
+        )
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"{path} is not an .npz (zip) archive: another kind of file, or a truncated or "
+            f"corrupt copy. MedMNIST-style files are written by {_NPZ_HOW}."
+        )
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(
+            f"{path} is not a readable .npz archive (truncated or corrupt?): "
+            f"{type(e).__name__}; re-create or re-download it."
+        ) from e
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # pragma: no cover (checked above)
+        raise DataError(f"{path} holds a single array, not an .npz archive of named arrays.")
+    return archive
+
+
+def _read_array(path: Path, archive, key: str) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "pickle" in str(e):
+            raise DataError(
+                f"{path}: '{key}' holds Python objects (a NumPy object array), which are never "
+                f"loaded because loading them could run code; store it as a numeric array "
+                f"(uint8 pixels, integer labels)."
+            ) from None
+        raise DataError(
+            f"{path}: could not read '{key}': {e}; re-create or re-download the file."
+        ) from e
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise DataError(
+            f"{path}: could not read '{key}', the archive is corrupt ({type(e).__name__}: {e}); "
+            f"re-create or re-download the file."
+        ) from e
 
 
 def load_npz(path: str | os.PathLike, splits: Sequence[str] = ("train", "val")) -> dict:
@@ -122,7 +209,8 @@ def load_npz(path: str | os.PathLike, splits: Sequence[str] = ("train", "val")) 
 
     The file holds `<split>_images` and `<split>_labels` for any subset of
     `train`, `val` and `test`; images are grayscale `(N, H, W)` (or
-    `(N, H, W, 1)`) or RGB `(N, H, W, 3)`, labels `(N,)` or `(N, 1)` class indices.
+    `(N, H, W, 1)`) or RGB `(N, H, W, 3)` pixel numbers in 0..255, labels
+    `(N,)` or `(N, 1)` non-negative integer class indices.
 
     Args:
         path: the `.npz` file.
@@ -132,26 +220,27 @@ def load_npz(path: str | os.PathLike, splits: Sequence[str] = ("train", "val")) 
         A dict `split -> ImageSplit`, images as `(N, H, W, C)`.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: not an `.npz` archive, a requested split is missing, image
-            and label counts differ, a split has no images, images have the
-            wrong number of dimensions, or splits disagree on the image shape.
-            Each message names the file, the keys found and the keys needed.
+        MissingFileError: the file does not exist (a `FileNotFoundError`).
+        DataError: a folder, an empty file, a single `.npy` array, not a zip
+            archive, a truncated or corrupt archive, object (pickled) arrays,
+            a requested split missing, image and label counts that differ, a
+            split without images, images of the wrong rank or dtype, pixels
+            outside 0..255 or not finite (NaN, infinity), labels that are not
+            non-negative integers, or splits that disagree on the image shape.
+            Each message names the file (and the key, and the keys found and
+            needed where keys are concerned).
+        ValueError: `splits` is not a non-empty subset of `SPLITS` (a bug).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an .npz file; pass the .npz file itself.")
     if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
+        raise MissingFileError(f"data file not found: {path}")
     bad = [s for s in splits if s not in SPLITS]
     if bad or not splits:
         raise ValueError(f"splits must be a non-empty subset of {SPLITS}. Received: {splits!r}")
     needed = [f"{s}_{part}" for s in splits for part in ("images", "labels")]
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{path} is not a readable .npz file ({e}).") from e
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} holds a single array, not an .npz archive of named arrays.")
-    with archive:
+    with _open_npz(path) as archive:
         found = set(archive.files)
         missing = [k for k in needed if k not in found]
         if missing:
@@ -163,17 +252,14 @@ def load_npz(path: str | os.PathLike, splits: Sequence[str] = ("train", "val")) 
             )
         result = {}
         for split in splits:
-            try:
-                images = archive[f"{split}_images"]
-                labels = archive[f"{split}_labels"]
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-                raise ValueError(f"{path}: could not read split '{split}' ({e}).") from e
+            images = _read_array(path, archive, f"{split}_images")
+            labels = _read_array(path, archive, f"{split}_labels")
             images = _check_images(path, f"{split}_images", images)
             labels = _check_labels(path, f"{split}_labels", labels, len(images))
             result[split] = ImageSplit(images, labels)
     shapes = {split: s.images.shape[1:] for split, s in result.items()}
     if len(set(shapes.values())) > 1:
-        raise ValueError(f"{path}: splits have different image shapes: {shapes}.")
+        raise DataError(f"{path}: splits have different image shapes: {shapes}.")
     return result
 
 
@@ -181,12 +267,25 @@ def _num_classes(splits: dict) -> int:
     return max(2, int(max(int(s.labels.max()) for s in splits.values())) + 1)
 
 
+def _listing(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
 def load_pneumoniamnist(
     data_path: str | os.PathLike | None = None,
     splits: Sequence[str] = ("train", "val"),
     cache_dir: str | os.PathLike | None = None,
 ) -> ImageData:
-    """PneumoniaMNIST: the local file at `data_path`, else the verified official download."""
+    """PneumoniaMNIST: the local file at `data_path`, else the verified official download.
+
+    Raises:
+        MissingFileError: `data_path` does not exist.
+        DataError: the file is not a MedMNIST-style `.npz` (see `load_npz`), or
+            holds labels other than 0 (normal) and 1 (pneumonia).
+        DownloadError: no `data_path` and the download failed.
+    """
+    if data_path is not None and Path(data_path).expanduser().is_dir():
+        raise DataError(f"{data_path} is a folder, not an .npz file; pass the .npz file itself.")
     path = fetch_file(
         PNEUMONIAMNIST_URL,
         PNEUMONIAMNIST_MD5,
@@ -195,19 +294,94 @@ def load_pneumoniamnist(
         cache_dir=cache_dir,
     )
     loaded = load_npz(path, splits)
-    if _num_classes(loaded) != 2:
-        raise ValueError(
-            f"{path} has {_num_classes(loaded)} classes, so it is not PneumoniaMNIST; "
-            f"for other MedMNIST-style files use --dataset npz --data PATH."
-        )
+    for split, s in loaded.items():
+        extra = sorted(set(np.unique(s.labels).tolist()) - {0, 1})
+        if extra:
+            count = int(np.isin(s.labels, extra).sum())
+            raise DataError(
+                f"{path}: '{split}_labels' holds label {_listing(extra)} ({count} images), but "
+                f"PneumoniaMNIST has 2 classes, 0 (normal) and 1 (pneumonia), so this is not "
+                f"PneumoniaMNIST. Correct those labels, or for a MedMNIST-style file with more "
+                f"classes use --dataset npz --data PATH."
+            )
     return ImageData(loaded, 2, PNEUMONIAMNIST_CLASSES, str(path))
 
 
 def load_npz_data(path: str | os.PathLike, splits: Sequence[str] = ("train", "val")) -> ImageData:
-    """Any MedMNIST-style file; classes are named by their index."""
+    """Any MedMNIST-style file; classes are named by their index.
+
+    The number of classes is the largest label + 1 (at least 2); that every
+    class has training examples is checked by `check_training_labels`.
+    """
     loaded = load_npz(path, splits)
     k = _num_classes(loaded)
     return ImageData(loaded, k, tuple(str(i) for i in range(k)), str(path))
+
+
+def _class_text(data: ImageData, classes) -> str:
+    """`"2, 3"`, or `"1 (pneumonia)"` where the classes have names of their own."""
+    named = data.class_names != tuple(str(i) for i in range(data.num_classes))
+    return ", ".join(f"{c} ({data.class_names[c]})" if named else str(c) for c in classes)
+
+
+def check_training_labels(data: ImageData) -> None:
+    """Checks that the labels of `data` can train a `num_classes` classifier.
+
+    Training refuses (`DataError`):
+
+    - a class in 0..K-1 with no example in `train` (K = `data.num_classes`):
+      labels with gaps such as 0, 1, 7 (which would build an 8-class model
+      with five classes it never sees), a class found only in `val`, or a
+      `train` split holding a single class (an AUC that cannot be measured
+      and a meaningless threshold);
+    - a binary `val` split holding a single class: the best model is chosen,
+      training stopped early and the decision threshold picked on
+      validation AUC / ROC, none of which is defined with one class.
+
+    A multi-class `val` split that lacks some class (a rare class in a small
+    split) only gets a warning: its AUC and accuracy are still defined and
+    training goes on.
+
+    Raises:
+        DataError: see above; the message names the data, the split, the
+            missing classes and the labels found.
+    """
+    k = data.num_classes
+    if "train" in data.splits:
+        present = np.unique(data["train"].labels)
+        missing = sorted(set(range(k)) - set(present.tolist()))
+        if missing:
+            found = f"labels found in train: {_class_text(data, present)}"
+            if present.size == 1:
+                found = f"train holds only class {_class_text(data, present)}"
+            gaps = present.size > 1 and missing[0] < int(present.max())
+            advice = (
+                "Renumber the labels 0..K-1 without gaps (K = the number of classes)"
+                if gaps
+                else "Add training examples of the missing class(es)"
+            )
+            span = "0 and 1" if k == 2 else f"0..{k - 1}"
+            raise DataError(
+                f"{data.source}: labels must be {span} with training examples of every "
+                f"class ({k} classes), but {found}; classes with no training example: "
+                f"{_class_text(data, missing)}. {advice}."
+            )
+    if "val" in data.splits:
+        present = np.unique(data["val"].labels)
+        missing = sorted(set(range(k)) - set(present.tolist()))
+        if missing and k == 2:
+            raise DataError(
+                f"{data.source}: the validation split holds only class "
+                f"{_class_text(data, present)}; it needs examples of both classes, because the "
+                f"best model, early stopping and the decision threshold are chosen on "
+                f"validation AUC. Add examples of class {_class_text(data, missing)} to val."
+            )
+        if missing:
+            warnings.warn(
+                f"{data.source}: the validation split has no example of class(es) "
+                f"{_class_text(data, missing)}; validation measures leave them out.",
+                stacklevel=2,
+            )
 
 
 def load_tfds(
@@ -224,15 +398,23 @@ def load_tfds(
     10% of `train` is held out as `val` (and `train` is the first 90%).
 
     Raises:
-        ValueError: the data set lacks `image`/`label` features or a split.
+        DataError: no TFDS data set has that name, or it lacks `image`/`label`
+            features, a split, or examples.
     """
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
+    try:
+        builder = tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir))
+    except tfds.core.DatasetNotFoundError as e:
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(
+            f"tfds:{name} is not a TensorFlow Datasets data set ({first_line}); see "
+            f"https://www.tensorflow.org/datasets/catalog/overview for the names."
+        ) from None
     features = builder.info.features
     if "image" not in features or "label" not in features:
-        raise ValueError(
+        raise DataError(
             f"tfds:{name} has features {sorted(features.keys())}; expected 'image' and 'label'."
         )
     builder.download_and_prepare()
@@ -253,7 +435,7 @@ def load_tfds(
     for split in splits:
         tfds_split = names.get(split)
         if tfds_split is None or tfds_split.split("[")[0] not in available:
-            raise ValueError(
+            raise DataError(
                 f"tfds:{name} has no split for '{split}'. "
                 f"Splits found: {', '.join(sorted(available))}."
             )
@@ -268,7 +450,7 @@ def load_tfds(
             images.append(np.clip(np.round(x), 0, 255).astype("uint8"))
             labels.append(y.astype("int64"))
         if not images:
-            raise ValueError(f"tfds:{name} split '{tfds_split}' holds no examples.")
+            raise DataError(f"tfds:{name} split '{tfds_split}' holds no examples.")
         imgs = np.concatenate(images)
         result[split] = ImageSplit(imgs, np.concatenate(labels))
     label_feature = features["label"]
@@ -283,16 +465,21 @@ def load_data(
     splits: Sequence[str] = ("train", "val"),
     tfds_image_size: int = 64,
 ) -> ImageData:
-    """Loads `dataset` (`pneumoniamnist`, `npz` or `tfds:NAME`), see the config docs."""
+    """Loads `dataset` (`pneumoniamnist`, `npz` or `tfds:NAME`), see the config docs.
+
+    Raises:
+        UserError: an unknown `dataset`, or `npz` without `data_path`.
+        MissingFileError, DataError, DownloadError: from the loaders above.
+    """
     if dataset.startswith("tfds:"):
         return load_tfds(dataset[len("tfds:") :], splits, image_size=tfds_image_size)
     if dataset == "npz":
         if data_path is None:
-            raise ValueError("dataset 'npz' needs a file: pass --data PATH.")
+            raise UserError("dataset 'npz' needs a file: pass --data PATH.")
         return load_npz_data(data_path, splits)
     if dataset == "pneumoniamnist":
         return load_pneumoniamnist(data_path, splits)
-    raise ValueError(
+    raise UserError(
         f"unknown dataset {dataset!r}; expected 'pneumoniamnist', 'npz' or 'tfds:NAME'."
     )
 

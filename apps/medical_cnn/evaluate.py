@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from apps.common.errors import DataError, UserError
 from apps.common.io import atomic_write_json
 from apps.medical_cnn import data as data_lib
 from apps.medical_cnn import metrics as metrics_lib
@@ -25,9 +26,9 @@ def _load_split(run: LoadedRun, data_path, split: str) -> tuple[data_lib.ImageSp
         loaded = data_lib.load_npz(data_path, (split,))
         return loaded[split], str(data_path)
     if cfg is None:
-        raise ValueError(
-            f"no config.json beside {run.model_path} to say which data it was trained on; "
-            f"pass --data PATH."
+        raise UserError(
+            f"no usable config.json beside {run.model_path} to say which data it was trained "
+            f"on; pass --data PATH."
         )
     data = data_lib.load_data(cfg.dataset, cfg.data_path, (split,), cfg.tfds_image_size)
     return data[split], data.source
@@ -55,19 +56,36 @@ def evaluate(
         accuracy, sensitivity, specificity, precision, F1 and the confusion matrix.
 
     Raises:
-        ValueError: the data does not match the model's input or classes.
+        UserError: a bad `split`; `out` is a folder or lies under a file; no
+            `data_path` and no usable `config.json` beside the model.
+        DataError: the data is unreadable or does not match the model's input
+            or classes.
+        RunDirError, ModelLoadError: the model cannot be used (see `load_run`).
     """
     if split not in data_lib.SPLITS:
-        raise ValueError(f"split must be one of {', '.join(data_lib.SPLITS)}. Received: {split!r}")
+        raise UserError(f"split must be one of {', '.join(data_lib.SPLITS)}. Received: {split!r}")
+    if out is not None:
+        out = Path(out)
+        if out.is_dir():
+            raise UserError(
+                f"--out {out} is a folder; pass a file name for the JSON report, e.g. "
+                f"{out / f'evaluation_{split}.json'}."
+            )
+        for parent in out.parents:
+            if parent.exists() and not parent.is_dir():
+                raise UserError(
+                    f"--out {out}: {parent} is a file, not a folder; pass a report path in a "
+                    f"new or existing folder."
+                )
     run = load_run(model)
     images, source = _load_split(run, data_path, split)
     if tuple(images.images.shape[1:]) != run.input_shape:
-        raise ValueError(
+        raise DataError(
             f"{source}: '{split}' images have shape {images.images.shape[1:]} but the model "
             f"takes {run.input_shape}."
         )
     if int(images.labels.max()) >= run.num_classes:
-        raise ValueError(
+        raise DataError(
             f"{source}: '{split}' has label {int(images.labels.max())} but the model knows "
             f"{run.num_classes} classes."
         )

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import keras
 
-from apps.common.export import export_versioned
+from apps.common.errors import UserError
+from apps.common.export import check_base_dir, export_versioned
+from apps.common.rundir import check_folder_path
 from apps.medical_cnn import data as data_lib
 from apps.medical_cnn.artifacts import LoadedRun, load_run
 
@@ -97,8 +99,42 @@ def export(
 ) -> Path:
     """Exports a run directory or `.keras` file as the next version under `base_dir`.
 
+    Everything is checked before `base_dir` is created: the base path, `keep`,
+    the run (not another app's, a readable image classifier, a valid
+    threshold). If writing still fails, folders this call created are removed
+    again, so a failed export leaves nothing behind.
+
     Returns:
         The new version folder, e.g. `saved_models/medical_cnn/3`.
+
+    Raises:
+        UserError: `base_dir` (or a parent) is a file, or is itself a
+            SavedModel; `keep` is not a positive integer.
+        RunDirError: `model` is another app's run directory.
+        ModelLoadError: the model is missing, corrupt, unsafe or not an image
+            classifier (see `artifacts.load_run`).
     """
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise UserError(f"--keep must be a positive integer. Received: {keep!r}")
+    base = check_folder_path(base_dir, "--base", "the exported versions")
+    check_base_dir(base)
     run = load_run(model)
-    return export_versioned(base_dir, lambda tmp: write_saved_model(run, tmp), keep=keep)
+    # The first missing folder of `base` (and its parents): removed again on failure.
+    created = next((p for p in (*reversed(base.parents), base) if not p.exists()), None)
+    try:
+        return export_versioned(base, lambda tmp: write_saved_model(run, tmp), keep=keep)
+    except BaseException:
+        if created is not None:
+            _remove_empty_folders(base, created)
+        raise
+
+
+def _remove_empty_folders(path: Path, top: Path) -> None:
+    """Removes `path` and its parents up to `top` (included) while they are empty."""
+    for folder in (path, *path.parents):
+        try:
+            folder.rmdir()  # Only empty folders: never data.
+        except OSError:
+            return
+        if folder == top:
+            return

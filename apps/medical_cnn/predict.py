@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from apps.common.errors import DataError, MissingFileError, UserError
+from apps.common.rundir import check_folder_path
 from apps.medical_cnn import data as data_lib
 
 if TYPE_CHECKING:
@@ -52,21 +54,24 @@ def image_format(data: bytes) -> str | None:
     return None
 
 
-def not_an_image(path: str | os.PathLike, reason: str) -> ValueError:
+def not_an_image(path: str | os.PathLike, reason: str) -> DataError:
     """The error for a file that is not a readable image (the same text everywhere)."""
-    return ValueError(f"{path} is not a readable image (PNG, JPEG, BMP or GIF expected): {reason}")
+    return DataError(f"{path} is not a readable image (PNG, JPEG, BMP or GIF expected): {reason}")
 
 
 def read_image_file(path: str | os.PathLike) -> bytes:
     """The bytes of an image file, checked to start like an image.
 
     Raises:
-        FileNotFoundError: the file does not exist (or is not a file).
-        ValueError: the file does not start like a PNG, JPEG, BMP or GIF.
+        MissingFileError: the file does not exist (a `FileNotFoundError`).
+        UserError: the path is a folder.
+        DataError: the file does not start like a PNG, JPEG, BMP or GIF.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not an image file; pass the image files in it.")
     if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+        raise MissingFileError(f"image file not found: {path}")
     data = path.read_bytes()
     if image_format(data) is None:
         reason = "the file is empty" if not data else "its content is not in an image format"
@@ -78,8 +83,9 @@ def load_image_file(path: str | os.PathLike, height: int, width: int, channels: 
     """One image file -> float32 `(height, width, channels)` in 0..255.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not a decodable image.
+        MissingFileError: the file does not exist (a `FileNotFoundError`).
+        UserError: the path is a folder.
+        DataError: the file is not a decodable image.
     """
     import tensorflow as tf
 
@@ -145,10 +151,36 @@ def predict_files(
         Records `{"file", "probability", "label", "class_name", "threshold"}`
         (multi-class: `probabilities` too), or `{"file", "error"}` for a file
         that could not be read.
+
+    Raises:
+        UserError: `explain_dir` (or a parent) is a file, or Grad-CAM cannot
+            run here (not the TensorFlow backend, a model without a
+            `ConvBlock`); checked before any image is predicted, the folder
+            before the model is even loaded.
+        RunDirError, ModelLoadError: the model cannot be used (see `load_run`).
     """
+    import keras
+
     from apps.medical_cnn.artifacts import LoadedRun, load_run
 
+    if explain_dir is not None:
+        explain_dir = check_folder_path(explain_dir, "--explain", "the Grad-CAM overlays")
+        if keras.backend.backend() != "tensorflow":
+            raise UserError(
+                f"--explain (Grad-CAM) needs the TensorFlow backend; run with "
+                f"KERAS_BACKEND=tensorflow (current backend: {keras.backend.backend()})."
+            )
     run = model if isinstance(model, LoadedRun) else load_run(model)
+    if explain_dir is not None:
+        from apps.medical_cnn.model import last_conv_block
+
+        try:
+            last_conv_block(run.model)
+        except ValueError:
+            raise UserError(
+                f"--explain: {run.model_path} has no ConvBlock layer for Grad-CAM to explain; "
+                f"use a model written by 'medical-cnn train', or leave out --explain."
+            ) from None
     height, width, channels = run.input_shape
     records: list[dict | None] = [None] * len(paths)
     images, positions = [], []

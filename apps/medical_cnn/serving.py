@@ -22,6 +22,7 @@ import os
 import re
 from collections.abc import Sequence
 
+from apps.common.errors import UserError
 from apps.common.serving import (
     MalformedResponseError,
     ServerError,
@@ -176,13 +177,21 @@ def predict_files_served(
         `threshold`), or `{"file", "error"}` for a file that could not be read.
 
     Raises:
-        ServingError: the server is unreachable, the model or version is not
-            loaded, the model is not a medical_cnn export, or an answer is malformed.
-        ValueError: a bad argument.
+        ServingError: the server is unreachable or does not answer within
+            `timeout`, the model or version is not loaded, the model is not a
+            medical_cnn export, or an answer is malformed.
+        UserError: a bad server URL, model name, version or timeout (as given
+            on the command line).
+        ValueError: a bad `batch_size` (a bug).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer. Received: {batch_size=}")
-    client = ServingClient(server, model_name, version=version, timeout=timeout, retries=retries)
+    try:
+        client = ServingClient(
+            server, model_name, version=version, timeout=timeout, retries=retries
+        )
+    except ValueError as e:  # The URL, name, version or timeout the user gave.
+        raise UserError(str(e)) from None
     check_signature(client)  # Fails early, and clearly, on a wrong server or model.
     records: list[dict | None] = [None] * len(paths)
     positions, encoded = [], []

@@ -38,12 +38,14 @@ import numpy as np
 from apps.common.callbacks import standard_callbacks
 from apps.common.config import config_to_dict, load_config, save_config
 from apps.common.distribute import get_distribution
+from apps.common.errors import RunDirError, TrainingDivergedError
 from apps.common.io import atomic_write_json
 from apps.common.model_io import load_keras_model
+from apps.common.rundir import check_run_app, check_run_dir_path
 from apps.medical_cnn import data as data_lib
 from apps.medical_cnn import metrics as metrics_lib
 from apps.medical_cnn import plots
-from apps.medical_cnn.artifacts import THRESHOLD_FILE
+from apps.medical_cnn.artifacts import APP_NAME, THRESHOLD_FILE
 from apps.medical_cnn.config import MedicalCNNConfig
 from apps.medical_cnn.model import build_model, compile_model
 
@@ -94,11 +96,12 @@ def _check_same_config(run_dir: Path, cfg: MedicalCNNConfig) -> None:
     if not saved_path.is_file():
         return
     # Compare the JSON forms (tuples and lists alike).
-    old = json.loads(json.dumps(config_to_dict(load_config(MedicalCNNConfig, saved_path))))
+    saved = load_config(MedicalCNNConfig, saved_path, app=APP_NAME)
+    old = json.loads(json.dumps(config_to_dict(saved)))
     new = json.loads(json.dumps(config_to_dict(cfg)))
     changed = sorted(k for k in new if old.get(k) != new[k])
     if changed:
-        raise ValueError(
+        raise RunDirError(
             f"run directory {run_dir} was started with a different config (differs in: "
             f"{', '.join(changed)}); use the same options to resume, or another --run-dir."
         )
@@ -110,6 +113,13 @@ def finalize_run(run_dir: Path, cfg: MedicalCNNConfig, val: data_lib.ImageSplit)
     # Outside any distribution: one device, so no padding is needed.
     batches = data_lib.make_batches(val, cfg.num_classes, cfg.batch_size)
     probabilities = model.predict(batches, verbose=0)
+    if not np.all(np.isfinite(probabilities)):
+        raise TrainingDivergedError(
+            f"the model in {run_dir / 'model.keras'} gives non-finite outputs on the validation "
+            f"split (training diverged), so the run is left unfinished. Lower the learning "
+            f"rate (now {cfg.learning_rate:g}, e.g. --learning-rate {cfg.learning_rate / 10:g}) "
+            f"and train into a new --run-dir."
+        )
     plots_dir = run_dir / "plots"
     threshold = None
     if cfg.num_classes == 2:
@@ -171,28 +181,36 @@ def train(
             `{"worker": "worker:1", ...}` without metrics.
 
     Raises:
-        ValueError: the run directory holds a finished run or a different
-            config; a strategy the backend cannot run; a missing or invalid
-            `TF_CONFIG` for `multiworker`.
+        RunDirError: the run directory is a file (or under one), another
+            app's run, a finished run, or a run started with a different config.
+        DataError: the data cannot train this classifier (see
+            `data.load_data` and `data.check_training_labels`).
+        TrainingDivergedError: the loss became NaN or infinite and training
+            stopped (`TerminateOnNaN`); the run is left unfinished, without
+            `threshold.json` or `metrics.json`.
+        UserError: a bad config value; a strategy the backend cannot run; a
+            missing or invalid `TF_CONFIG` for `multiworker`.
     """
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
     dist = get_distribution(distribute)
     dist.check_batch_size(cfg.batch_size)
-    run_dir = Path(run_dir)
+    run_dir = check_run_dir_path(run_dir)
+    check_run_app(run_dir, APP_NAME, option="--run-dir")
     work_dir = dist.work_dir(run_dir)
     state = _run_state(work_dir)
     if state == "done":
-        raise ValueError(
+        raise RunDirError(
             f"run directory {run_dir} already holds a finished run (metrics.json); "
             f"choose another --run-dir."
         )
     keras.utils.set_random_seed(cfg.seed)
     data = data_lib.load_data(cfg.dataset, cfg.data_path, ("train", "val"), cfg.tfds_image_size)
+    data_lib.check_training_labels(data)
     data.splits["train"] = data_lib.subsample(data["train"], cfg.max_train_examples, cfg.seed)
     cfg = resolve_config(cfg, data)
     _check_same_config(work_dir, cfg)
     work_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, work_dir / "config.json")
+    save_config(cfg, work_dir / "config.json", app=APP_NAME)
 
     start = time.perf_counter()
     epochs_run = 0
@@ -201,6 +219,7 @@ def train(
             print(f"resuming the unfinished run in {work_dir}")
         history = _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard, backup_freq)
         epochs_run = len(history.history.get("loss", []))
+        _check_diverged(history, cfg, run_dir)
         if not (work_dir / "model.keras").is_file():
             raise RuntimeError(
                 f"training produced no model in {work_dir} (the loss became NaN, or "
@@ -223,6 +242,19 @@ def train(
     )
     atomic_write_json(run_dir / "metrics.json", report)
     return report
+
+
+def _check_diverged(history, cfg: MedicalCNNConfig, run_dir: Path) -> None:
+    """Raises `TrainingDivergedError` if an epoch of `history` ended with a non-finite loss."""
+    losses = history.history.get("loss", [])
+    for epoch, loss in zip(history.epoch, losses, strict=False):
+        if not math.isfinite(float(loss)):
+            raise TrainingDivergedError(
+                f"training diverged: the loss became {float(loss)} in epoch {epoch + 1} and "
+                f"training was stopped, so {run_dir} is left unfinished (no threshold.json, no "
+                f"metrics.json). Lower the learning rate (now {cfg.learning_rate:g}, e.g. "
+                f"--learning-rate {cfg.learning_rate / 10:g}) and train into a new --run-dir."
+            )
 
 
 def _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard, backup_freq):

@@ -6,6 +6,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from apps.common.errors import DataError, MissingFileError, UserError
 from apps.medical_cnn import data as data_lib
 
 
@@ -107,19 +108,145 @@ def test_only_requested_split_needed_and_formats(tmp_path):
 )
 def test_malformed_npz(tmp_path, arrays, splits, pattern):
     path = _write_npz(tmp_path / "bad.npz", **arrays)
-    with pytest.raises(ValueError, match=pattern):
+    with pytest.raises(DataError, match=pattern):
         data_lib.load_npz(path, splits)
 
 
 def test_not_an_npz_and_missing_file(tmp_path):
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip at all")
-    with pytest.raises(ValueError, match="junk.npz is not a readable .npz file"):
+    with pytest.raises(DataError, match=r"junk.npz is not an .npz \(zip\) archive") as info:
         data_lib.load_npz(junk)
-    with pytest.raises(FileNotFoundError, match="data file not found: .*nope.npz"):
+    assert "pickle" not in str(info.value) and "unsafe" not in str(info.value)
+    with pytest.raises(MissingFileError, match="data file not found: .*nope.npz"):
         data_lib.load_npz(tmp_path / "nope.npz")
+    with pytest.raises(FileNotFoundError):  # The old contract holds.
+        data_lib.load_npz(tmp_path / "nope.npz")
+    with pytest.raises(DataError, match=r"is a folder, not an .npz file"):
+        data_lib.load_npz(tmp_path)
     with pytest.raises(ValueError, match="splits must be a non-empty subset"):
         data_lib.load_npz(junk, ("training",))
+
+
+def _save_npy(path, array):
+    """A single-array .npy file under the name `path` (np.save would append .npy)."""
+    with path.open("wb") as f:
+        np.save(f, array)
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _corrupt_member(path):
+    """Flips bytes inside the first array of an (uncompressed) .npz: a CRC error on reading."""
+    raw = bytearray(path.read_bytes())
+    raw[200:210] = bytes(255 - b for b in raw[200:210])
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, pattern",
+    [
+        (lambda p: p.write_bytes(b""), r"t.npz is empty \(0 bytes\), not an .npz archive"),
+        (
+            lambda p: _truncate(_write_npz(p, train_images=_images(9), train_labels=np.zeros(9))),
+            r"t.npz is not an .npz \(zip\) archive: another kind of file, or a truncated",
+        ),
+        (
+            lambda p: _save_npy(p, _images(3)),
+            r"t.npz holds a single array \(.npy format\), not an .npz archive of named arrays",
+        ),
+        (
+            lambda p: _corrupt_member(
+                _write_npz(p, train_images=_images(300), train_labels=np.zeros(300))
+            ),
+            r"t.npz: could not read 'train_images', the archive is corrupt \(BadZipFile: Bad "
+            r"CRC-32",
+        ),
+        (
+            lambda p: _write_npz(
+                p, train_images=np.array([[1], [2, 3]], dtype=object), train_labels=np.zeros(2)
+            ),
+            r"t.npz: 'train_images' holds Python objects \(a NumPy object array\), which are "
+            r"never loaded because loading them could run code",
+        ),
+        (
+            lambda p: _write_npz(p, train_images=_images(2), train_labels=np.array(["a", "b"])),
+            r"t.npz: 'train_labels' has dtype <U1; expected integer class indices",
+        ),
+        (
+            lambda p: _write_npz(p, train_images=_images(2), train_labels=np.array([0.5, 1])),
+            r"'train_labels' must hold non-negative integer class indices; found 0.5 \(1 such",
+        ),
+        (
+            lambda p: _write_npz(p, train_images=_images(2, c=4), train_labels=np.zeros(2)),
+            r"has shape \(2, 8, 8, 4\); expected .* images \(RGBA\? drop the alpha channel",
+        ),
+    ],
+    ids=[
+        "empty",
+        "truncated_zip",
+        "npy",
+        "corrupt_member",
+        "objects",
+        "text_labels",
+        "fractional_labels",
+        "rgba",
+    ],
+)
+def test_unreadable_npz_says_what_it_is(tmp_path, make, pattern):
+    path = tmp_path / "t.npz"
+    make(path)
+    with pytest.raises(DataError, match=pattern) as info:
+        data_lib.load_npz(path, ("train",))
+    assert "allow_pickle" not in str(info.value)
+
+
+def test_non_finite_pixels_are_counted(tmp_path):
+    images = np.full((5, 4, 4), 100.0)
+    images[1, 0, :3] = np.nan
+    images[4, 3, 3] = -np.inf
+    path = _write_npz(tmp_path / "f.npz", val_images=images, val_labels=np.zeros(5))
+    with pytest.raises(
+        DataError,
+        match=r"f.npz: 'val_images' holds 4 non-finite pixel value\(s\) \(NaN or infinity\) in "
+        r"2 of its 5 images; every pixel must be a number in 0..255",
+    ):
+        data_lib.load_npz(path, ("val",))
+
+
+def _image_data(train, val, names=None):
+    k = max(2, max(max(train), max(val)) + 1)
+    splits = {
+        "train": data_lib.ImageSplit(_images(len(train)), np.array(train)),
+        "val": data_lib.ImageSplit(_images(len(val)), np.array(val)),
+    }
+    return data_lib.ImageData(splits, k, names or tuple(map(str, range(k))), "d.npz")
+
+
+def test_check_training_labels():
+    data_lib.check_training_labels(_image_data([0, 1, 2, 1], [2, 1, 0]))
+    with pytest.raises(
+        DataError,
+        match=r"d.npz: labels must be 0..4 .* labels found in train: 0, 1, 4; classes with no "
+        r"training example: 2, 3. Renumber the labels 0..K-1 without gaps",
+    ):
+        data_lib.check_training_labels(_image_data([0, 1, 4], [0, 1]))
+    # A class found only in val has no training example either.
+    with pytest.raises(DataError, match=r"classes with no training example: 2\. Add training"):
+        data_lib.check_training_labels(_image_data([0, 1, 0], [0, 1, 2]))
+    with pytest.raises(DataError, match=r"the validation split holds only class 0 \(normal\)"):
+        data_lib.check_training_labels(_image_data([0, 1], [0, 0], ("normal", "pneumonia")))
+    # Multi-class: a class missing from val only warns; training can go on.
+    with pytest.warns(UserWarning, match=r"the validation split has no example of class\(es\) 2"):
+        data_lib.check_training_labels(_image_data([0, 1, 2], [0, 1, 1]))
+
+
+def test_unknown_tfds_name():
+    with pytest.raises(DataError, match=r"tfds:no_such_data_set is not a TensorFlow Datasets "):
+        data_lib.load_tfds("no_such_data_set")
 
 
 def test_make_dataset_batches_and_shuffles_reproducibly():
@@ -213,7 +340,7 @@ def test_tfds_path_with_mock_data():
 
 
 def test_load_data_dispatch_errors(tmp_path):
-    with pytest.raises(ValueError, match="needs a file: pass --data PATH"):
+    with pytest.raises(UserError, match="needs a file: pass --data PATH"):
         data_lib.load_data("npz")
-    with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
+    with pytest.raises(UserError, match="unknown dataset 'cifar'"):
         data_lib.load_data("cifar")

@@ -79,12 +79,15 @@ def test_tfds_training_with_mock_data(tmp_path):
 
 
 def test_pneumoniamnist_loader_rejects_multiclass_file(tmp_path):
+    from apps.common.errors import DataError
     from apps.medical_cnn.data import load_pneumoniamnist
 
     x, y = _synthetic_rgb(6, 0)
     path = tmp_path / "blood.npz"
     np.savez(path, train_images=x, train_labels=y, val_images=x, val_labels=y)
     with pytest.raises(
-        ValueError, match="has 3 classes, so it is not PneumoniaMNIST.*--dataset npz"
+        DataError,
+        match=r"'train_labels' holds label 2 \(2 images\), but PneumoniaMNIST has 2 classes.*"
+        r"--dataset npz",
     ):
         load_pneumoniamnist(path)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from apps.common.errors import UserError
 from apps.common.model_io import load_keras_model
 from apps.medical_cnn import data as data_lib
 from apps.medical_cnn.predict import image_format, load_image_file, predict_files, read_image_file
@@ -126,4 +127,6 @@ def test_read_image_file_refuses_non_images_before_decoding(tmp_path, val_images
             read_image_file(tmp_path / name)
         assert str(info.value) == expected
     with pytest.raises(FileNotFoundError, match="image file not found: "):
+        read_image_file(tmp_path / "missing.png")
+    with pytest.raises(UserError, match=r"is a folder, not an image file; pass the image files"):
         read_image_file(tmp_path)
