@@ -391,8 +391,9 @@ class ServingClient:
                 # Raised bare only once connected, while waiting for the answer
                 # (a connect timeout comes wrapped in URLError, below).
                 raise ServingTimeoutError(
-                    f"TF Serving at {url} did not answer within {self.timeout:g} s; the server "
-                    f"may be overloaded or the batch too large (raise the timeout).",
+                    f"TF Serving at {url} did not answer within {self.timeout:g} s "
+                    f"(--timeout); the server may be overloaded or the request too large: "
+                    f"raise --timeout SECONDS, or check the server.",
                     url=url,
                 ) from e
             except (urllib.error.URLError, ConnectionError) as e:

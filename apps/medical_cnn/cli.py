@@ -21,18 +21,19 @@ predicted). `predict --server` prints the same lines as `predict --model`.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 
 from apps.common.cli import (
     CliError,
     add_common_train_args,
-    default_run_dir,
+    non_negative_int,
+    positive_float,
     positive_int,
     run_cli,
 )
+from apps.common.io import to_json
+from apps.common.rundir import default_run_dir
 
 APP_NAME = "medical_cnn"
 # Seconds `predict --server` waits for each answer (`serving.predict_files_served`'s default).
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--learning-rate",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="override the preset's learning rate (lower it if training diverges)",
     )
@@ -88,13 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--model-version",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=None,
         help="version on the server (default: the latest it serves)",
     )
     predict.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="SECONDS",
         help=f"with --server: seconds to wait for each answer (default: {SERVER_TIMEOUT_S:g})",
@@ -138,14 +139,14 @@ def _train(args) -> int:
     print(f"run directory: {run_dir}", file=sys.stderr)
     report = train(cfg, run_dir, verbose=0 if args.quiet else 2, distribute=args.distribute)
     if "worker" in report:  # A non-chief worker: the chief writes the run directory.
-        print(json.dumps({"run_dir": str(run_dir), "worker": report["worker"]}))
+        print(to_json({"run_dir": str(run_dir), "worker": report["worker"]}))
         return 0
     summary = {k: report.get(k) for k in ("auc", "threshold", "train_seconds")}
     if "at_threshold" in report:
         summary.update(
             {k: report["at_threshold"][k] for k in ("accuracy", "sensitivity", "specificity")}
         )
-    print(json.dumps({"run_dir": str(run_dir), "val": summary}))
+    print(to_json({"run_dir": str(run_dir), "val": summary}))
     return 0
 
 
@@ -153,28 +154,8 @@ def _evaluate(args) -> int:
     from apps.medical_cnn.evaluate import evaluate
 
     report = evaluate(args.model, args.data, args.split, args.out)
-    print(json.dumps(report, indent=2))
+    print(to_json(report, indent=2))
     return 0
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a version number (0, 1, 2, ...), got {text!r}")
-    return value
 
 
 def _predict(args) -> int:
@@ -208,7 +189,7 @@ def _predict(args) -> int:
         records = predict_files(args.model, args.images, explain_dir=args.explain)
     failed = 0
     for record in records:
-        print(json.dumps(record), flush=True)
+        print(to_json(record), flush=True)
         if "error" in record:
             failed += 1
             print(f"error: {record['error']}", file=sys.stderr)
@@ -219,7 +200,7 @@ def _export(args) -> int:
     from apps.medical_cnn.export import export
 
     path = export(args.model, args.base, keep=args.keep)
-    print(json.dumps({"export": str(path), "version": int(path.name)}))
+    print(to_json({"export": str(path), "version": int(path.name)}))
     return 0
 
 

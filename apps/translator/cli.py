@@ -19,7 +19,6 @@ for an empty or blank line.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -28,35 +27,20 @@ from pathlib import Path
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from apps.common.cli import CliError, add_common_train_args, positive_int, run_cli
+from apps.common.cli import (
+    CliError,
+    add_common_train_args,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from apps.common.distribute import STRATEGIES
 from apps.common.errors import UserError
 from apps.common.io import atomic_write_text, to_json
 from apps.common.rundir import check_run_dir_path, default_run_dir
 from apps.common.textio import decode_utf8, join_lines, read_input_bytes, split_lines
 from apps.translator.config import APP_NAME, PRESETS, SERVING_TIMEOUT
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

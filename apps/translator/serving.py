@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from apps.common.errors import UserError
-from apps.common.serving import ServingClient, ServingTimeoutError
+from apps.common.serving import ServingClient
 from apps.translator.config import SERVING_TIMEOUT
 from apps.translator.translate import clean_sentences, translate_in_batches
 
@@ -42,21 +42,11 @@ class ServedTranslator:
         version: int | None = None,
         timeout: float = SERVING_TIMEOUT,
     ):
-        try:
-            self.client = ServingClient(base_url, model_name, version=version, timeout=timeout)
-        except ValueError as e:  # The client checks its arguments; they come from the user.
-            raise UserError(str(e)) from e
+        # The client checks its arguments (a `UserError` names the bad one).
+        self.client = ServingClient(base_url, model_name, version=version, timeout=timeout)
 
     def _predict(self, sentences: list[str], signature_name: str | None = None) -> list:
-        try:
-            return self.client.predict(sentences, signature_name=signature_name)
-        except ServingTimeoutError as e:
-            raise ServingTimeoutError(
-                f"TF Serving at {e.url} did not answer within {self.client.timeout:g} s "
-                "(--timeout); the server may be overloaded or the request too large: raise "
-                "--timeout SECONDS, or check the server.",
-                url=e.url,
-            ) from e
+        return self.client.predict(sentences, signature_name=signature_name)
 
     def translate(self, sentences: Sequence[str], batch_size: int = 64) -> list[str]:
         return translate_in_batches(

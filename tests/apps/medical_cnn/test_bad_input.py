@@ -484,7 +484,8 @@ def test_predict_server_timeout(capsys, png):
     assert (status, out) == (2, "")
     assert _error(err) == (
         f"error: TF Serving at {server.url}/v1/models/medical_cnn/metadata did not answer within "
-        f"1 s; the server may be overloaded or the batch too large (raise the timeout)."
+        "1 s (--timeout); the server may be overloaded or the request too large: raise "
+        "--timeout SECONDS, or check the server."
     )
     assert elapsed < 10
 

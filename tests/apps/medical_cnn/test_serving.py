@@ -258,4 +258,4 @@ def test_bad_model_version_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main(["predict", "--server", "http://localhost:8501", "--model-version", "-1", "x.png"])
     assert info.value.code == 2
-    assert "expected a version number (0, 1, 2, ...), got '-1'" in capsys.readouterr().err
+    assert "expected an integer >= 0, got '-1'" in capsys.readouterr().err
