@@ -40,7 +40,7 @@ rounding, once two TensorFlow-specific gaps are closed by the apps:
 Dropout still draws a different mask per TensorFlow replica (same distribution).
 
 With several workers, only the chief writes the run directory; each other
-worker writes its checkpoints, logs and `BackupAndRestore` state to a scratch
+worker writes its checkpoints, logs and backup (`apps.common.callbacks`) to a scratch
 folder of its own (`Distribution.work_dir`), as the TensorFlow guide on
 multi-worker training recommends, so that workers never race on the same files.
 The scratch folder's path depends only on the run directory and the worker's

@@ -7,9 +7,12 @@ in their 0..255 scale here; the model normalises them itself (a
 apart.
 
 `make_batches` turns a split into batches for `model.fit` on the current Keras
-backend: on TensorFlow, `make_dataset`'s shuffled, batched, prefetched
-`tf.data.Dataset`; on JAX (or any other backend), `ArrayBatches`, a
-`keras.utils.PyDataset` over the NumPy arrays that needs no TensorFlow. Reading
+backend: `ArrayBatches`, a `keras.utils.PyDataset` over the NumPy arrays that
+needs no TensorFlow, shuffled per epoch as a pure function of (seed, epoch) so
+that a resumed run sees the batches an uninterrupted one sees (on TensorFlow
+`fit` gets them as a `tf.data.Dataset`, `ArrayBatches.as_tf_dataset`); batches
+in order on TensorFlow come from `make_dataset`'s batched, prefetched
+`tf.data.Dataset`. Reading
 an `.npz` file needs only NumPy, so `medical-cnn train --data FILE.npz` runs on
 a machine that has JAX but not TensorFlow (TFDS and image decoding do need it).
 """
@@ -17,7 +20,6 @@ a machine that has JAX but not TensorFlow (TFDS and image decoding do need it).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import warnings
 import zipfile
@@ -28,6 +30,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from apps.common.batches import EpochBatches
 from apps.common.data import fetch_file
 from apps.common.errors import DataError, MissingFileError, UserError
 
@@ -531,6 +534,11 @@ def make_dataset(
     Yields `(images float32 (B, H, W, C) in 0..255, targets)` and, when
     `sample_weights` (one weight per class) is given, a third element with each
     example's weight.
+
+    Training does not use `shuffle` here: `reshuffle_each_iteration` draws
+    each epoch's order from a generator that starts again at epoch 0's order
+    in a new process, so a resumed run would replay it; `ArrayBatches` orders
+    each epoch by `(seed, epoch)` instead.
     """
     import tensorflow as tf
 
@@ -552,13 +560,20 @@ def make_dataset(
     )
 
 
-class ArrayBatches(keras.utils.PyDataset):
+class ArrayBatches(EpochBatches):
     """Batches of one split from its NumPy arrays, for any Keras backend.
 
     Yields `(images float32 (B, H, W, C) in 0..255, targets)`, plus each
     example's weight when `sample_weights` (one weight per class) is given or
     when padding adds examples. The same batches as `make_dataset`, without
     TensorFlow.
+
+    Shuffled, epoch `e` takes the examples in the order
+    `default_rng([seed, e]).permutation(n)` (`apps.common.batches.EpochBatches`):
+    a pure function of the seed and the epoch, so a run resumed at epoch `e`
+    sees the batches an uninterrupted run sees. Keep it on Keras's epoch with
+    `apps.common.batches.FollowEpochs`; on TensorFlow, `as_tf_dataset()` gives
+    the same batches as a `tf.data.Dataset`.
 
     Args:
         split: the split.
@@ -588,7 +603,7 @@ class ArrayBatches(keras.utils.PyDataset):
         multiple_of: int = 1,
         remainder: str = "pad",
     ):
-        super().__init__()
+        super().__init__(shuffle=shuffle, seed=seed)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer. Received: {batch_size!r}")
         if batch_size % multiple_of:
@@ -608,7 +623,6 @@ class ArrayBatches(keras.utils.PyDataset):
         if sample_weights is not None:
             self.weights = np.asarray(sample_weights, "float32")[split.labels]
         self.batch_size = batch_size
-        self.shuffle = shuffle
         self.multiple_of = multiple_of
         self.remainder = remainder
         last = n % batch_size
@@ -618,27 +632,30 @@ class ArrayBatches(keras.utils.PyDataset):
             if self.weights is None:
                 self.weights = np.ones(n, "float32")
         self.num_examples = n - (last % multiple_of if remainder == "trim" else 0)
-        self._rng = np.random.default_rng(seed)
-        self._order = self._rng.permutation(n) if shuffle else np.arange(n)
 
-    def __len__(self):
-        return math.ceil(self.num_examples / self.batch_size)
+    def make_plan(self, rng):
+        """The epoch's batches: arrays of example indices, in order."""
+        n = len(self.targets)
+        order = rng.permutation(n) if rng is not None else np.arange(n)
+        order = order[: self.num_examples]
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
-    def __getitem__(self, index):
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch index {index} out of range for {len(self)} batches")
-        start = index * self.batch_size
-        idx = self._order[start : min(start + self.batch_size, self.num_examples)]
+    def load_batch(self, idx):
         weights = None if self.weights is None else self.weights[idx]
-        if index == len(self) - 1 and self.pad_count:
+        if len(idx) % self.multiple_of:  # The last batch, with remainder="pad".
             idx = np.concatenate([idx, np.repeat(idx[:1], self.pad_count)])
             weights = np.concatenate([weights, np.zeros(self.pad_count, "float32")])
         batch = (self.images[idx].astype("float32"), self.targets[idx])
         return batch if weights is None else (*batch, weights)
 
-    def on_epoch_end(self):
-        if self.shuffle:
-            self._order = self._rng.permutation(len(self._order))
+    def tf_output_signature(self):
+        import tensorflow as tf
+
+        spec = (
+            tf.TensorSpec((None, *self.images.shape[1:]), tf.float32),
+            tf.TensorSpec((None, *self.targets.shape[1:]), tf.float32),
+        )
+        return spec if self.weights is None else (*spec, tf.TensorSpec((None,), tf.float32))
 
 
 def make_batches(
@@ -653,12 +670,16 @@ def make_batches(
 ):
     """Batches of a split for the current Keras backend.
 
-    TensorFlow: `make_dataset` (tf.data; strategies split uneven batches
-    themselves, so `multiple_of` and `remainder` are not needed). Other
-    backends: `ArrayBatches` (see there for `multiple_of` and `remainder`).
+    Shuffled (for training), on every backend: an `ArrayBatches`, whose
+    order is a pure function of `(seed, epoch)`; keep it on Keras's epoch
+    with `apps.common.batches.FollowEpochs` and, on TensorFlow, pass its
+    `as_tf_dataset()` to `fit`. In order, on TensorFlow: `make_dataset`
+    (tf.data; strategies split uneven batches themselves, so `multiple_of`
+    and `remainder` are not needed); on other backends: `ArrayBatches` (see
+    there for `multiple_of` and `remainder`).
     """
-    if keras.backend.backend() == "tensorflow":
-        return make_dataset(split, num_classes, batch_size, shuffle, seed, sample_weights)
+    if keras.backend.backend() == "tensorflow" and not shuffle:
+        return make_dataset(split, num_classes, batch_size, sample_weights=sample_weights)
     return ArrayBatches(
         split, num_classes, batch_size, shuffle, seed, sample_weights, multiple_of, remainder
     )

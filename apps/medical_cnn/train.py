@@ -1,7 +1,9 @@
 """Training: `model.fit` on any Keras backend, writing one resumable run directory.
 
-Batches come from `data.make_batches`: a `tf.data` pipeline on TensorFlow, a
-NumPy `PyDataset` on JAX (which then needs no TensorFlow at all). With
+Training batches come from `data.ArrayBatches`, a NumPy `PyDataset` (so JAX
+needs no TensorFlow at all) whose order is a pure function of (seed, epoch),
+handed to TensorFlow as a `tf.data.Dataset`; validation batches from
+`data.make_batches`. With
 `distribute="mirrored"` / `"multiworker"` the model is built, compiled and fitted
 inside the strategy of `apps.common.distribute`; the config's `batch_size` stays
 the global batch.
@@ -11,16 +13,19 @@ A run directory holds:
 ```
 config.json        resolved config (data-derived fields included)
 model.keras        best model on validation AUC (written atomically while training)
-history.csv        one row per epoch (continued when a run resumes)
+history.csv        one row per epoch, with its epoch_seconds (continued when a run resumes)
 threshold.json     decision threshold maximising Youden's J on the validation split
 metrics.json       validation measures at that threshold and at 0.5, timings
+                   (train_seconds: the sum of epoch_seconds, every epoch of the run)
 plots/             training_curves.png, roc_val.png, confusion_matrix_val.png
 logs/              TensorBoard logs (when tensorboard and TensorFlow are installed)
-backup/            BackupAndRestore state, only while a run is unfinished
+backup/            the state of the last completed epoch, only while a run is unfinished
 ```
 
 Running the same command (same `--run-dir`) after a crash resumes from the
-last backup; running it on a finished run is refused.
+last completed epoch and ends as an uninterrupted run would have ended (same
+history, same weights; an interrupted epoch is redone from its start, see
+`apps.common.callbacks`); running it on a finished run is refused.
 """
 
 from __future__ import annotations
@@ -29,13 +34,13 @@ import dataclasses
 import json
 import math
 import os
-import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from apps.common.callbacks import standard_callbacks
+from apps.common.batches import FollowEpochs
+from apps.common.callbacks import HISTORY_FILE, logged_seconds, standard_callbacks
 from apps.common.config import config_to_dict, load_config, save_config
 from apps.common.distribute import get_distribution
 from apps.common.errors import RunDirError, TrainingDivergedError
@@ -161,7 +166,6 @@ def train(
     callbacks: list | None = None,
     verbose: int | str = 2,
     tensorboard: bool = True,
-    backup_freq: int | str = 50,
     distribute: str = "none",
 ) -> dict:
     """Trains `cfg` and writes the run directory; returns the metrics written.
@@ -173,7 +177,6 @@ def train(
         verbose: `model.fit` verbosity.
         tensorboard: write TensorBoard logs (needs the `tensorboard` and
             `tensorflow` packages; skipped with a warning otherwise).
-        backup_freq: batches between `BackupAndRestore` saves (or `"epoch"`).
         distribute: `"none"`, `"mirrored"` or `"multiworker"` (see
             `apps.common.distribute`); `cfg.batch_size` is the global batch.
             With several workers only the chief writes `run_dir` and
@@ -212,12 +215,11 @@ def train(
     work_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, work_dir / "config.json", app=APP_NAME)
 
-    start = time.perf_counter()
     epochs_run = 0
     if state != "finalize":
         if state == "resume":
             print(f"resuming the unfinished run in {work_dir}")
-        history = _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard, backup_freq)
+        history = _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard)
         epochs_run = len(history.history.get("loss", []))
         _check_diverged(history, cfg, run_dir)
         if not (work_dir / "model.keras").is_file():
@@ -225,14 +227,14 @@ def train(
                 f"training produced no model in {work_dir} (the loss became NaN, or "
                 f"{MONITOR} was never finite); try a lower learning rate."
             )
-    train_seconds = time.perf_counter() - start
     if not dist.is_chief:
         dist.release_work_dir(work_dir)
         return {"worker": dist.describe()["task"], "epochs_run_this_call": epochs_run}
     report = finalize_run(run_dir, cfg, data["val"])
     report.update(
         {
-            "train_seconds": round(train_seconds, 2),
+            # Every epoch of the run, also those of the calls before a resume.
+            "train_seconds": round(logged_seconds(work_dir / HISTORY_FILE), 2),
             "epochs_run_this_call": epochs_run,
             "num_train_examples": len(data["train"]),
             "data_source": data.source,
@@ -257,12 +259,12 @@ def _check_diverged(history, cfg: MedicalCNNConfig, run_dir: Path) -> None:
             )
 
 
-def _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard, backup_freq):
+def _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard):
     """Builds, compiles and fits the model inside the distribution's scope."""
     # Batches of the global batch size. On JAX every batch is split evenly over the
     # devices: training drops the few examples that do not fit, validation pads.
     multiple = dist.batch_multiple
-    train_batches = data_lib.make_batches(
+    train_batches = data_lib.ArrayBatches(
         data["train"],
         cfg.num_classes,
         cfg.batch_size,
@@ -271,11 +273,13 @@ def _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard, backup_freq
         multiple_of=multiple,
         remainder="trim",
     )
+    # Each epoch's order depends on (seed, epoch) only, also on resume.
+    follow_epochs = FollowEpochs(train_batches)
     val_batches = data_lib.make_batches(
         data["val"], cfg.num_classes, cfg.batch_size, multiple_of=multiple, remainder="pad"
     )
     if keras.backend.backend() == "tensorflow":
-        train_batches = dist.prepare_tf_dataset(train_batches)
+        train_batches = dist.prepare_tf_dataset(train_batches.as_tf_dataset())
         val_batches = dist.prepare_tf_dataset(val_batches)
     class_weight = dict(enumerate(cfg.class_weights)) if cfg.imbalance == "class_weight" else None
     with dist.scope():
@@ -294,8 +298,7 @@ def _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard, backup_freq
                 cfg.patience,
                 lr_schedule=cosine_schedule(cfg),
                 tensorboard=tensorboard,
-                backup_freq=backup_freq,
             )
-            + list(callbacks or []),
+            + [follow_epochs, *(callbacks or [])],
             verbose=verbose,
         )

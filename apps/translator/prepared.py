@@ -23,12 +23,14 @@ removed first), so a folder with a manifest is complete; `load_prepared`
 checks each file against the sha256 the manifest records, so a truncated copy
 fails with a clear message instead of training on garbage.
 
-`ArrayBatches` batches the arrays like `data.make_dataset` (shuffled each
-epoch with a seeded generator, grouped by length and cut to the bucket width),
-and fills each short batch up to `batch_size` with all-`[PAD]` rows, which the
-masked loss and accuracy ignore: every batch then has the same number of
-rows, so JAX compiles one program per bucket width and
-`keras.distribution.DataParallel` can split every batch evenly.
+`ArrayBatches` batches the arrays like `data.make_dataset` (shuffled, each
+epoch's order a pure function of the seed and the epoch, so that a resumed
+run sees the batches of an uninterrupted one; grouped by length and cut to
+the bucket width), and fills each short batch up to `batch_size` with
+all-`[PAD]` rows, which the masked loss and accuracy ignore: every batch then
+has the same number of rows, so JAX compiles one program per bucket width and
+`keras.distribution.DataParallel` can split every batch evenly. Training
+from text (`train.py`) batches the encoded pairs with it too.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from apps.common.batches import EpochBatches
 from apps.common.config import config_from_dict, config_to_dict
 from apps.common.errors import DataError, MissingFileError, UserError
 from apps.common.io import atomic_write_bytes, atomic_write_json
@@ -83,6 +86,15 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 def _dense(ragged, width: int) -> np.ndarray:
     """A `tf.RaggedTensor` of ids as an int32 `(rows, width)` array, truncated and 0-padded."""
     return ragged[:, :width].to_tensor(default_value=PAD_ID, shape=[None, width]).numpy()
+
+
+def split_from_encoded(encoded, sequence_length: int) -> PreparedSplit:
+    """`data.encode_pairs`'s (source, decoder input, labels) as a `PreparedSplit`.
+
+    The arrays `prepare` writes for the same pairs, so text and prepared
+    training batch them alike (`ArrayBatches`).
+    """
+    return PreparedSplit(*(_dense(x, sequence_length) for x in encoded))
 
 
 # --------------------------------------------------------------------------- writing (TensorFlow)
@@ -335,7 +347,7 @@ def check_compatible(config: TranslatorConfig, prepared: Prepared) -> None:
 # --------------------------------------------------------------------------- batches
 
 
-class ArrayBatches(keras.utils.PyDataset):
+class ArrayBatches(EpochBatches):
     """Batches of prepared arrays for `model.fit`, bucketed by length, NumPy only.
 
     Yields `({"source_tokens": (B, W), "decoder_tokens": (B, W)}, labels (B, W))`,
@@ -343,6 +355,12 @@ class ArrayBatches(keras.utils.PyDataset):
     all-`[PAD]` rows) and `W` is the width of the batch's length bucket
     (`data.bucket_boundaries`), or `sequence_length` without bucketing. The
     number of batches per epoch equals `data.make_dataset`'s for the same pairs.
+
+    Shuffled, epoch `e`'s batches are a pure function of `seed` and `e`
+    (`apps.common.batches.EpochBatches`), so a resumed run sees the batches an
+    uninterrupted run sees: keep it on Keras's epoch with
+    `apps.common.batches.FollowEpochs`; on TensorFlow, `as_tf_dataset()` gives
+    the same batches as a `tf.data.Dataset`.
 
     Args:
         split: a `PreparedSplit`.
@@ -362,7 +380,7 @@ class ArrayBatches(keras.utils.PyDataset):
         seed: int = 0,
         bucket_by_length: bool = True,
     ):
-        super().__init__()
+        super().__init__(shuffle=shuffle, seed=seed)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(
                 f"batch_size must be a positive integer. Received: batch_size={batch_size!r}"
@@ -371,9 +389,6 @@ class ArrayBatches(keras.utils.PyDataset):
             raise ValueError("No prepared pairs to batch (the split is empty).")
         self.arrays = tuple(getattr(split, key) for key in ARRAY_KEYS)
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
         lengths = np.maximum(
             np.count_nonzero(split.source_tokens, axis=1), np.count_nonzero(split.labels, axis=1)
         )
@@ -385,11 +400,9 @@ class ArrayBatches(keras.utils.PyDataset):
             self._bucket = np.zeros_like(lengths)
             self._widths = np.asarray([sequence_length])
         self.label_tokens = int(np.count_nonzero(split.labels))
-        self._plan = self._make_plan()
 
-    def _make_plan(self) -> list[tuple[int, np.ndarray]]:
-        """This epoch's batches: (bucket, row indices) each."""
-        rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
+    def make_plan(self, rng) -> list[tuple[int, np.ndarray]]:
+        """The epoch's batches: (bucket, row indices) each."""
         order = (
             rng.permutation(len(self._bucket)) if rng is not None else np.arange(len(self._bucket))
         )
@@ -404,10 +417,8 @@ class ArrayBatches(keras.utils.PyDataset):
             plan = [plan[i] for i in rng.permutation(len(plan))]
         return plan
 
-    def __len__(self) -> int:
-        return len(self._plan)
-
-    def _batch(self, bucket: int, rows: np.ndarray):
+    def load_batch(self, item):
+        bucket, rows = item
         width = int(self._widths[bucket])
         batch = []
         for array in self.arrays:
@@ -417,57 +428,13 @@ class ArrayBatches(keras.utils.PyDataset):
         source, decoder, labels = batch
         return {SOURCE_INPUT: source, DECODER_INPUT: decoder}, labels
 
-    def __getitem__(self, index):
-        return self._batch(*self._plan[index])
-
-    def set_epoch(self, epoch: int) -> None:
-        """Switches to epoch `epoch`'s order (a pure function of `seed` and `epoch`)."""
-        if epoch != self.epoch:
-            self.epoch = epoch
-            self._plan = self._make_plan()
-
-    def on_epoch_end(self):
-        self.set_epoch(self.epoch + 1)
-
-    def as_tf_dataset(self):
-        """The same batches as a `tf.data.Dataset` (for `tf.distribute` strategies).
-
-        Keras would also convert this `PyDataset` itself, but it guesses the
-        batch shapes from the first few batches; widths vary by bucket, so the
-        signature is given here. Each pass yields the order of the current
-        `epoch`, fixed when the pass starts; keep `epoch` on Keras's epoch
-        with the `FollowEpochs` callback.
-        """
+    def tf_output_signature(self):
+        # Widths vary by bucket: given here, where Keras would guess them from
+        # the first few batches if it converted this PyDataset itself.
         import tensorflow as tf
 
-        def one_epoch():
-            for bucket, rows in self._plan:
-                yield self._batch(bucket, rows)
-
         spec = tf.TensorSpec((self.batch_size, None), tf.int32)
-        ds = tf.data.Dataset.from_generator(
-            one_epoch, output_signature=({SOURCE_INPUT: spec, DECODER_INPUT: spec}, spec)
-        )
-        ds = ds.apply(tf.data.experimental.assert_cardinality(len(self)))
-        return ds.prefetch(tf.data.AUTOTUNE)
-
-
-class FollowEpochs(keras.callbacks.Callback):
-    """Sets `ArrayBatches` to Keras's epoch number at the start of every epoch.
-
-    So each epoch's order depends only on the seed and the epoch: also when a
-    run resumes at a later epoch (`BackupAndRestore`), when the batches were
-    handed to Keras as a `tf.data.Dataset`, and when Keras draws a batch before
-    training to build the model under a `tf.distribute` strategy.
-    """
-
-    def __init__(self, *batches: ArrayBatches):
-        super().__init__()
-        self.batches = batches
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for batches in self.batches:
-            batches.set_epoch(epoch)
+        return {SOURCE_INPUT: spec, DECODER_INPUT: spec}, spec
 
 
 # --------------------------------------------------------------------------- evaluation

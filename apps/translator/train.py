@@ -6,22 +6,29 @@ A run directory holds everything needed to use or resume the run:
     vocab_source.txt       English vocabulary (one token per line, line i = id i)
     vocab_target.txt       Spanish vocabulary
     model.keras            the best model so far (lowest val_loss), written atomically
-    history.csv            one row per epoch (appended to when a run resumes)
+    history.csv            one row per epoch, with its epoch_seconds (continued when a run resumes)
     logs/                  TensorBoard
-    backup/                BackupAndRestore state while training (removed at the end)
+    backup/                the state of the last completed epoch while training (removed at the end)
     metrics.json           final figures: best epoch, val loss/accuracy, val BLEU/chrF, timing
+                           (train_seconds: the sum of epoch_seconds, every epoch of the run)
 
 Running the same command again on an interrupted run directory resumes it
-(same config and vocabularies required).
+(same config and vocabularies required) from its last completed epoch, and
+ends as an uninterrupted run would have ended (same history, same weights;
+an interrupted epoch is redone from its start, see `apps.common.callbacks`).
+A directory whose training finished is refused.
 
-Two sources of training pairs:
+Two sources of training pairs, batched alike by `prepared.ArrayBatches`
+(NumPy; each epoch's order a pure function of the seed and the epoch, so a
+resumed run sees the batches of an uninterrupted one):
 
-- text (`data=` / `splits=`): tokenised here by a `tf.data` pipeline
-  (`data.make_dataset`), so TensorFlow is needed;
-- prepared arrays (`prepared=`, written by `translator prepare`): batched with
-  NumPy (`prepared.ArrayBatches`), so training, checkpoints and the BLEU in
-  `metrics.json` need no TensorFlow (e.g. `KERAS_BACKEND=jax` on a GPU machine
-  without it). The run directory is the same either way.
+- text (`data=` / `splits=`): tokenised here with `tf.strings`
+  (`data.encode_pairs`), so TensorFlow is needed;
+- prepared arrays (`prepared=`, written by `translator prepare`): training,
+  checkpoints and the BLEU in `metrics.json` need no TensorFlow (e.g.
+  `KERAS_BACKEND=jax` on a GPU machine without it). The run directory is the
+  same either way, and so are the batches (`prepare` writes the arrays that
+  the text path encodes, `prepared.split_from_encoded`).
 
 `distribute` runs `model.fit` on several devices or machines through
 `apps.common.distribute` (`MirroredStrategy` / `MultiWorkerMirroredStrategy` on
@@ -39,7 +46,8 @@ from typing import NamedTuple
 
 import keras
 
-from apps.common.callbacks import standard_callbacks
+from apps.common.batches import FollowEpochs
+from apps.common.callbacks import HISTORY_FILE, logged_seconds, read_history, standard_callbacks
 from apps.common.config import config_to_dict, load_config, save_config
 from apps.common.distribute import Distribution, get_distribution
 from apps.common.errors import DataError, RunDirError
@@ -116,11 +124,16 @@ class TimeBudget(keras.callbacks.Callback):
 
     Keras then still validates the interrupted epoch, so the checkpoint and
     history stay consistent.
+
+    Args:
+        minutes: the budget.
+        spent_seconds: already spent by earlier calls of the same run (a
+            resumed run: the `epoch_seconds` logged so far).
     """
 
-    def __init__(self, minutes: float):
+    def __init__(self, minutes: float, spent_seconds: float = 0.0):
         super().__init__()
-        self.seconds = 60.0 * minutes
+        self.seconds = 60.0 * minutes - spent_seconds
         self.stopped = False
 
     def on_train_begin(self, logs=None):
@@ -207,31 +220,21 @@ class _Inputs(NamedTuple):
 
 
 def _text_inputs(config, data, splits, run_dir: Path, dist: Distribution) -> _Inputs:
-    """Pairs from text, tokenised by tf.data (needs TensorFlow)."""
-    from apps.translator.data import dataset_from_ids, encode_pairs
+    """Pairs from text, tokenised with tf.strings (needs TensorFlow), batched as prepared ones."""
+    from apps.translator.data import encode_pairs
 
     splits = splits if splits is not None else load_splits(data)
     train_pairs = splits.train[: config.max_train_pairs] if config.max_train_pairs else splits.train
     source_vocab, target_vocab = _vocabularies(run_dir, train_pairs, config)
-    dataset_args = dict(
-        sequence_length=config.sequence_length,
-        batch_size=config.batch_size,
-        bucket_by_length=config.bucket_by_length,
-        # JAX splits every batch evenly over the devices.
-        pad_batches=dist.batch_multiple > 1,
-    )
-    datasets = []
-    for pairs, shuffle in ((train_pairs, True), (splits.val, False)):
+    arrays = []
+    for pairs in (train_pairs, splits.val):
         encoded = encode_pairs(pairs, source_vocab, target_vocab, config.sequence_length)
         if int(encoded[0].nrows()) == 0:
             raise DataError(
                 f"None of the {len(pairs)} pairs fits sequence_length={config.sequence_length}."
             )
-        ds, num_batches = dataset_from_ids(
-            *encoded, shuffle=shuffle, seed=config.seed, **dataset_args
-        )
-        datasets.append((ds, num_batches, int(encoded[2].row_lengths().numpy().sum())))
-    (train_ds, steps, tokens), (val_ds, _, _) = datasets
+        arrays.append(prepared_lib.split_from_encoded(encoded, config.sequence_length))
+    train, val, batches = _batches(config, *arrays, dist)
 
     def evaluate(run_dir: Path) -> dict:
         from apps.translator.evaluate import evaluate_pairs
@@ -243,16 +246,43 @@ def _text_inputs(config, data, splits, run_dir: Path, dist: Distribution) -> _In
         return evaluate_pairs(translator, splits.val, limit=config.eval_sentences, num_samples=5)
 
     return _Inputs(
-        dist.prepare_tf_dataset(train_ds),
-        dist.prepare_tf_dataset(val_ds),
-        steps,
+        train,
+        val,
+        len(batches),
         len(train_pairs),
-        tokens,
+        batches.label_tokens,
         source_vocab.size,
         target_vocab.size,
         evaluate,
         {"data": "text"},
+        (FollowEpochs(batches),),
     )
+
+
+def _batches(config, train_split, val_split, dist: Distribution):
+    """The training and validation data for `fit`, and the training `ArrayBatches`.
+
+    `ArrayBatches` on every backend (each epoch's order a function of the seed
+    and the epoch, also on resume: keep the training batches on Keras's epoch
+    with `FollowEpochs`); on TensorFlow handed over as `tf.data` datasets,
+    which `tf.distribute` strategies shard (by data across workers).
+    """
+    batch_args = dict(
+        batch_size=config.batch_size,
+        sequence_length=config.sequence_length,
+        bucket_by_length=config.bucket_by_length,
+    )
+    train_batches = prepared_lib.ArrayBatches(
+        train_split, shuffle=True, seed=config.seed, **batch_args
+    )
+    val_batches = prepared_lib.ArrayBatches(val_split, **batch_args)
+    if keras.backend.backend() == "tensorflow":
+        return (
+            dist.prepare_tf_dataset(train_batches.as_tf_dataset()),
+            dist.prepare_tf_dataset(val_batches.as_tf_dataset()),
+            train_batches,
+        )
+    return train_batches, val_batches, train_batches
 
 
 def _copy_vocabulary(source: Path, destination: Path) -> None:
@@ -272,22 +302,8 @@ def _prepared_inputs(config, prepared, run_dir: Path, dist: Distribution) -> _In
     """Pairs from prepared arrays, batched with NumPy (no TensorFlow needed)."""
     _copy_vocabulary(prepared.vocabulary_file("source"), run_dir / SOURCE_VOCAB_FILE)
     _copy_vocabulary(prepared.vocabulary_file("target"), run_dir / TARGET_VOCAB_FILE)
-    batch_args = dict(
-        batch_size=config.batch_size,
-        sequence_length=config.sequence_length,
-        bucket_by_length=config.bucket_by_length,
-    )
     train_split, val_split = prepared.split("train"), prepared.split("val")
-    train_batches = prepared_lib.ArrayBatches(
-        train_split, shuffle=True, seed=config.seed, **batch_args
-    )
-    val_batches = prepared_lib.ArrayBatches(val_split, **batch_args)
-    steps = len(train_batches)
-    follow_epochs = prepared_lib.FollowEpochs(train_batches)
-    if keras.backend.backend() == "tensorflow":
-        # tf.distribute strategies shard tf.data datasets (by data across workers).
-        train_batches = dist.prepare_tf_dataset(train_batches.as_tf_dataset())
-        val_batches = dist.prepare_tf_dataset(val_batches.as_tf_dataset())
+    train, val, batches = _batches(config, train_split, val_split, dist)
 
     def evaluate(run_dir: Path) -> dict:
         model = load_keras_model(run_dir / MODEL_FILE, compile=False)
@@ -298,16 +314,16 @@ def _prepared_inputs(config, prepared, run_dir: Path, dist: Distribution) -> _In
         )
 
     return _Inputs(
-        train_batches,
-        val_batches,
-        steps,
+        train,
+        val,
+        len(batches),
         len(train_split),
-        int((train_split.labels != PAD_ID).sum()),
+        batches.label_tokens,
         len(prepared.source_tokens),
         len(prepared.target_tokens),
         evaluate,
         {"data": "prepared", "prepared": str(prepared.path)},
-        (follow_epochs,),
+        (FollowEpochs(batches),),
     )
 
 
@@ -333,6 +349,7 @@ def train(
     verbose: str | int = "auto",
     prepared: str | os.PathLike | prepared_lib.Prepared | None = None,
     distribute: str = "none",
+    callbacks: list | None = None,
 ) -> dict:
     """Trains a translator and returns the metrics written to `metrics.json`.
 
@@ -350,10 +367,11 @@ def train(
             `apps.common.distribute`). With several workers only the chief
             writes `run_dir` and evaluates; the others return
             `{"worker": "worker:1", ...}`.
+        callbacks: extra Keras callbacks (appended to the standard ones).
 
     Raises:
-        RunDirError: `run_dir` (or a parent) is a file, another app's run, or a
-            run of another config or data.
+        RunDirError: `run_dir` (or a parent) is a file, another app's run, a
+            run of another config or data, or a finished training.
         DataError: fewer than `config.batch_size` training pairs or no
             validation pair (`data.check_split_sizes`, checked before `run_dir`
             is written); an empty test split only warns.
@@ -384,39 +402,39 @@ def train(
         inputs = _text_inputs(config, data, splits, work_dir, dist)
 
     timer = StepTimer()
+    extra_callbacks = list(callbacks or [])
     callbacks = standard_callbacks(work_dir, monitor=MONITOR, mode="min", patience=config.patience)
     callbacks += [*inputs.callbacks, timer]
     budget = None
     if config.time_budget_minutes is not None:
-        budget = TimeBudget(config.time_budget_minutes)
+        # The budget is the whole run's: a resumed run has spent the logged epochs' seconds.
+        budget = TimeBudget(config.time_budget_minutes, logged_seconds(work_dir / HISTORY_FILE))
         callbacks.append(budget)
+    callbacks += extra_callbacks
 
-    start = time.monotonic()
     with dist.scope():
         model = build_model(config, inputs.source_vocab_size, inputs.target_vocab_size)
         compile_model(model, config, total_steps=inputs.steps_per_epoch * config.epochs)
         dist.prepare_model(model)  # clip the global gradient, count tokens over all replicas
-        history = model.fit(
+        model.fit(
             inputs.train,
             validation_data=inputs.val,
             epochs=config.epochs,
             callbacks=callbacks,
-            shuffle=False,  # The pipelines shuffle (seeded) before batching by length.
+            shuffle=False,  # The batches are shuffled (seeded by epoch) before batching by length.
             verbose=verbose,
         )
-    train_seconds = time.monotonic() - start
 
     if not (work_dir / MODEL_FILE).is_file():
         raise RuntimeError(
             f"Training wrote no {MODEL_FILE} to {work_dir}: no epoch produced a finite {MONITOR}."
         )
+    # Every epoch of the run, also those of the calls before a resume.
+    history = read_history(work_dir / HISTORY_FILE)
     if not dist.is_chief:
         dist.release_work_dir(work_dir)
-        return {
-            "worker": dist.describe()["task"],
-            "epochs_run": len(history.history.get("loss", [])),
-        }
-    val_loss = history.history.get(MONITOR, [])
+        return {"worker": dist.describe()["task"], "epochs_run": len(history)}
+    val_loss = [float(row[MONITOR]) for row in history]
     best_epoch = int(min(range(len(val_loss)), key=val_loss.__getitem__)) if val_loss else None
     ms_per_step = timer.ms_per_step
     tokens_per_step = inputs.train_label_tokens / max(inputs.steps_per_epoch, 1)
@@ -425,10 +443,10 @@ def train(
         "best_val_loss": None if best_epoch is None else float(val_loss[best_epoch]),
         "best_val_accuracy": None
         if best_epoch is None
-        else float(history.history["val_accuracy"][best_epoch]),
+        else float(history[best_epoch]["val_accuracy"]),
         "epochs_run": len(val_loss),
         "stopped_by_time_budget": bool(budget and budget.stopped),
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": round(logged_seconds(work_dir / HISTORY_FILE), 1),
         "train_pairs": inputs.train_pairs,
         "steps_per_epoch": inputs.steps_per_epoch,
         "batch_size": config.batch_size,

@@ -12,11 +12,10 @@ Why the compared configs are what they are (see docs/distributed.md):
   all-reduced over the replicas (`Distribution.sync_batch_norm`), and its
   moving statistics are compared with the other weights. Under JAX the step
   is one program over the global batch, so `tiny` is compared as it is.
-- Under a `tf.distribute` strategy Keras draws one batch before training (to
-  build the model), which advances the reshuffling `tf.data` pipeline by one
-  epoch's order; with one global batch per epoch the order cannot matter, so
-  the MirroredStrategy case trains on 64 examples (one batch of 64, split 32 +
-  32) for 3 epochs = 3 steps.
+- The MirroredStrategy case trains on 64 examples (one batch of 64, split 32 +
+  32) for 3 epochs = 3 steps. (Each epoch's order is a function of the seed
+  and the epoch, `apps.common.batches`, so the batch Keras draws before
+  training under a strategy, to build the model, changes no order.)
 """
 
 import json
@@ -78,12 +77,12 @@ class Crash(keras.callbacks.Callback):
             raise RuntimeError("simulated crash")
 
 
-# Interrupted after two epochs, then the same call again: BackupAndRestore resumes.
+# Interrupted after two epochs, then the same call again: it resumes from the backup.
 try:
-    train(cfg, f"{runs}/resumed", callbacks=[Crash()], distribute="mirrored", backup_freq="epoch", **args)
+    train(cfg, f"{runs}/resumed", callbacks=[Crash()], distribute="mirrored", **args)
 except RuntimeError as e:
     assert "simulated crash" in str(e)
-train(cfg, f"{runs}/resumed", callbacks=[SaveWeights(out, "resumed")], distribute="mirrored", backup_freq="epoch", **args)
+train(cfg, f"{runs}/resumed", callbacks=[SaveWeights(out, "resumed")], distribute="mirrored", **args)
 """
 )
 
@@ -124,7 +123,6 @@ report = train(
     distribute="multiworker",
     verbose=0,
     tensorboard=False,
-    backup_freq=2,
 )
 with open(f"{out}/{name}-report.json", "w") as f:
     json.dump({"report_keys": sorted(report), "work_dir_left": os.path.exists(work_dir)}, f)

@@ -63,20 +63,13 @@ def test_resume_after_interruption(tmp_path, pneumoniamnist_npz):
     cfg = tiny_config(pneumoniamnist_npz, max_train_examples=640, epochs=4)
     run_dir = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(
-            cfg,
-            run_dir,
-            callbacks=[CrashAtBatch(2, 5)],
-            verbose=0,
-            tensorboard=False,
-            backup_freq=2,
-        )
+        train(cfg, run_dir, callbacks=[CrashAtBatch(2, 5)], verbose=0, tensorboard=False)
     assert _epochs(run_dir) == [0, 1]
     assert (run_dir / "backup").is_dir() and not (run_dir / "metrics.json").exists()
     # A different config cannot resume this run.
     with pytest.raises(ValueError, match="different config .*differs in: learning_rate"):
         train(cfg.__class__(**{**cfg.__dict__, "learning_rate": 0.1}), run_dir, verbose=0)
-    report = train(cfg, run_dir, verbose=0, tensorboard=False, backup_freq=2)
+    report = train(cfg, run_dir, verbose=0, tensorboard=False)
     assert _epochs(run_dir) == [0, 1, 2, 3]  # continued, not restarted
     assert report["epochs_run_this_call"] == 2
     assert not (run_dir / "backup").exists()

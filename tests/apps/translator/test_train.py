@@ -49,7 +49,7 @@ def test_run_directory_holds_everything_needed(tiny_run):
         "metrics.json",
     ):
         assert (run_dir / name).is_file(), name
-    assert not (run_dir / "backup").exists()  # BackupAndRestore cleans up after a full run.
+    assert not (run_dir / "backup").exists()  # The backup is removed after a full run.
     config = load_config(TranslatorConfig, run_dir / "config.json")
     assert config == dataclasses.replace(tiny(), epochs=3, eval_sentences=40)
     source_vocab = Vocabulary.load(run_dir / "vocab_source.txt")
