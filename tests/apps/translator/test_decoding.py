@@ -74,7 +74,22 @@ def test_each_sentence_stops_at_its_own_end_token(real_translator, real_source):
             assert (row[: ends[0]] != PAD_ID).all()
         else:  # Ran to max_length: no padding inside.
             assert (row != PAD_ID).all()
-    assert (output == END_ID).any(axis=1).mean() > 0.9
+    # Not vacuous: most rows finished. How many a 3-epoch `tiny` model finishes
+    # within `sequence_length` is a matter of its training seed (0.83-1.0 of these
+    # 48 over seeds 1-3, measured); that each stops at exactly its own end is
+    # asserted on the reverse task below, whose outputs are known.
+    assert (output == END_ID).any(axis=1).mean() > 0.5
+
+
+def test_each_sentence_stops_at_its_own_end_token_on_the_reverse_task(reverse_model):
+    model, source, expected, _ = reverse_model
+    output = np.asarray(greedy_decode(TranslatorLayers(model), source))
+    lengths = np.count_nonzero(source, axis=1)
+    assert len(set(lengths.tolist())) > 1  # sentences of several lengths in one batch
+    for row, length in zip(output, lengths, strict=True):
+        # Each row ends at its own position (the reversal, then END), then padding.
+        assert np.flatnonzero(row == END_ID).tolist() == [length]
+        assert (row[length + 1 :] == PAD_ID).all()
 
 
 def test_step_logits_equal_full_sequence_logits(real_translator, real_source):
