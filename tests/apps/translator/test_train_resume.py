@@ -34,7 +34,7 @@ def _history(run_dir):
 
 def test_resumed_text_run_equals_uninterrupted_run(tmp_path, spa_splits):
     # 400 pairs in several length buckets: about 14 shuffled batches of 32 an epoch.
-    small = Splits(spa_splits.train[::40][:400], spa_splits.val[:64], [])
+    small = Splits(spa_splits.train[::40][:400], spa_splits.val[:64], spa_splits.test[:16])
     config = dataclasses.replace(tiny(), epochs=3, dropout=0.1, eval_sentences=0, patience=3)
     straight = VariablesAtEpochEnd()
     expected = train(
