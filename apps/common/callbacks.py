@@ -55,9 +55,8 @@ import numpy as np
 
 from apps.common.errors import RunDirError
 from apps.common.io import atomic_write_json, atomic_write_text
+from apps.common.rundir import BACKUP_DIR, HISTORY_FILE, MODEL_FILE
 
-HISTORY_FILE = "history.csv"
-BACKUP_DIR = "backup"
 EPOCH_SECONDS = "epoch_seconds"
 
 
@@ -439,7 +438,7 @@ def standard_callbacks(
     start_epoch = EpochBackup.saved_epoch(backup_dir)
     _truncate_history(history_csv, start_epoch)  # Rows of the attempt being redone.
     rows = read_history(history_csv)
-    best_model = run_dir / "model.keras"
+    best_model = run_dir / MODEL_FILE
     callbacks = [
         # First: it times the epoch and adds epoch_seconds to the logs the others record.
         EpochSeconds(),

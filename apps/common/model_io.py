@@ -13,8 +13,8 @@ import zipfile
 from pathlib import Path
 
 from apps.common.errors import UserError
-
-MODEL_FILENAME = "model.keras"
+from apps.common.rundir import CONFIG_FILE
+from apps.common.rundir import MODEL_FILE as MODEL_FILENAME
 
 
 class ModelLoadError(UserError):
@@ -70,7 +70,7 @@ def load_keras_model(path: str | os.PathLike, compile: bool = True, custom_objec
         raise ModelLoadError(f"{model_path} is corrupt: {e}") from e
     if bad is not None:
         raise ModelLoadError(f"{model_path} is corrupt: member {bad!r} fails its CRC check.")
-    if "config.json" not in names:
+    if CONFIG_FILE not in names:  # A .keras archive holds its own config.json.
         raise ModelLoadError(f"{model_path} is not a Keras model archive: it has no config.json.")
     try:
         return keras.saving.load_model(

@@ -1,10 +1,20 @@
-"""Run directories: the default name, the app that wrote one, and their checks.
+"""Run directories: their layout, the default name, the app that wrote one, and their checks.
 
-A run directory is the folder `train` writes (model, config, history, metrics)
-and that `evaluate`, `predict`, `translate` and `export` read. Its
-`config.json` records which app wrote it (`"app": "medical_cnn"`), so that each
-CLI can say "this is a translator run, not a medical-cnn run" instead of
-failing somewhere inside the model.
+A run directory is the folder `train` writes and that `evaluate`, `predict`,
+`translate` and `export` read. Both apps lay it out alike:
+
+```
+config.json    the resolved config, with the app that wrote it ("app": "medical_cnn")
+model.keras    the best model so far, written atomically while training
+history.csv    one row per finished epoch, with its epoch_seconds
+backup/        the last finished epoch's state, only while a run is unfinished
+metrics.json   the final figures: written last, so its presence means "finished"
+```
+
+Its `config.json` records which app wrote it, so that each CLI can say "this
+is a translator run, not a medical-cnn run" instead of failing somewhere inside
+the model; `run_state` tells a fresh, unfinished or finished run apart, and
+`check_same_config` refuses to resume a run with other options.
 """
 
 from __future__ import annotations
@@ -18,6 +28,10 @@ from apps.common.errors import RunDirError, UserError
 
 RUNS_ROOT_ENV = "APPS_RUNS_DIR"
 CONFIG_FILE = "config.json"
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+BACKUP_DIR = "backup"
 APP_KEY = "app"
 
 # The app names as they appear in run directories, and the command each is run with.
@@ -116,3 +130,45 @@ def check_run_app(run_dir: str | os.PathLike, app: str, option: str = "--model")
         f"{option} {run_dir}: this is a {found_cmd} run, not a {cmd} run; pass a run directory "
         f"written by '{cmd} train' (or use '{found_cmd}' for this one)."
     )
+
+
+def run_state(run_dir: str | os.PathLike) -> str:
+    """What `train` finds in `run_dir`.
+
+    Returns:
+        `"done"` (`metrics.json` exists: a finished run), `"resume"` (a
+        `backup/` exists: training was interrupted), `"finalize"` (training
+        ended, the final figures were not written yet: a history and a model,
+        no backup) or `"fresh"`.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / METRICS_FILE).is_file():
+        return "done"
+    if (run_dir / BACKUP_DIR).is_dir():
+        return "resume"
+    if (run_dir / HISTORY_FILE).is_file() and (run_dir / MODEL_FILE).is_file():
+        return "finalize"
+    return "fresh"
+
+
+def check_same_config(run_dir: str | os.PathLike, config, app: str) -> None:
+    """Raises `RunDirError` if `run_dir` holds a run started with another config.
+
+    The saved `config.json` (if any) and `config` are compared in their JSON
+    forms (tuples and lists alike); the message names the fields that differ.
+    """
+    from apps.common.config import config_to_dict, load_config
+    from apps.common.io import to_json
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return
+    saved = load_config(type(config), path, app=app)
+    old = json.loads(to_json(config_to_dict(saved)))
+    new = json.loads(to_json(config_to_dict(config)))
+    changed = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
+    if changed:
+        raise RunDirError(
+            f"run directory {run_dir} was started with a different config (differs in: "
+            f"{', '.join(changed)}); use the same options to resume, or another --run-dir."
+        )

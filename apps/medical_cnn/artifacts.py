@@ -12,7 +12,7 @@ import keras
 from apps.common.config import load_config
 from apps.common.errors import UserError
 from apps.common.model_io import ModelLoadError, load_keras_model, resolve_model_path
-from apps.common.rundir import check_run_app
+from apps.common.rundir import CONFIG_FILE, check_run_app
 from apps.medical_cnn.config import MedicalCNNConfig
 
 APP_NAME = "medical_cnn"
@@ -105,9 +105,9 @@ def load_run(model_or_run_dir: str | os.PathLike, compile: bool = False) -> Load
     model = load_keras_model(model_path, compile=compile)
     check_image_classifier(model, model_path)
     config = None
-    if (folder / "config.json").is_file():
+    if (folder / CONFIG_FILE).is_file():
         try:
-            config = load_config(MedicalCNNConfig, folder / "config.json", app=APP_NAME)
+            config = load_config(MedicalCNNConfig, folder / CONFIG_FILE, app=APP_NAME)
         except (UserError, TypeError):
             config = None  # A foreign or unreadable config.json: the model alone is enough.
     threshold, source = read_threshold(folder)

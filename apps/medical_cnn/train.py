@@ -31,7 +31,6 @@ history, same weights; an interrupted epoch is redone from its start, see
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -40,13 +39,22 @@ import keras
 import numpy as np
 
 from apps.common.batches import FollowEpochs
-from apps.common.callbacks import HISTORY_FILE, logged_seconds, standard_callbacks
-from apps.common.config import config_to_dict, load_config, save_config
+from apps.common.callbacks import logged_seconds, standard_callbacks
+from apps.common.config import save_config
 from apps.common.distribute import get_distribution
 from apps.common.errors import RunDirError, TrainingDivergedError
 from apps.common.io import atomic_write_json
 from apps.common.model_io import load_keras_model
-from apps.common.rundir import check_run_app, check_run_dir_path
+from apps.common.rundir import (
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    check_run_app,
+    check_run_dir_path,
+    check_same_config,
+    run_state,
+)
 from apps.medical_cnn import data as data_lib
 from apps.medical_cnn import metrics as metrics_lib
 from apps.medical_cnn import plots
@@ -57,12 +65,12 @@ from apps.medical_cnn.model import build_model, compile_model
 MONITOR = "val_auc"
 
 
-def resolve_config(cfg: MedicalCNNConfig, data: data_lib.ImageData) -> MedicalCNNConfig:
+def resolve_config(config: MedicalCNNConfig, data: data_lib.ImageData) -> MedicalCNNConfig:
     """Fills the data-derived fields: input shape, classes, class weights, pixel statistics."""
     train = data["train"]
     mean, variance = data_lib.pixel_statistics(train.images)
     return dataclasses.replace(
-        cfg,
+        config,
         input_shape=tuple(int(d) for d in train.images.shape[1:]),
         num_classes=int(data.num_classes),
         class_names=tuple(data.class_names),
@@ -72,12 +80,12 @@ def resolve_config(cfg: MedicalCNNConfig, data: data_lib.ImageData) -> MedicalCN
     )
 
 
-def cosine_schedule(cfg: MedicalCNNConfig):
+def cosine_schedule(config: MedicalCNNConfig):
     """Per-epoch learning rate: cosine decay from `learning_rate` to 5% of it."""
-    base, total = cfg.learning_rate, max(cfg.epochs - 1, 1)
+    base, total = config.learning_rate, max(config.epochs - 1, 1)
 
     def schedule(epoch, lr=None):
-        if cfg.lr_schedule == "constant":
+        if config.lr_schedule == "constant":
             return base
         progress = min(epoch / total, 1.0)
         return float(base * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))))
@@ -85,49 +93,22 @@ def cosine_schedule(cfg: MedicalCNNConfig):
     return schedule
 
 
-def _run_state(run_dir: Path) -> str:
-    """`fresh`, `resume` (a backup exists), `finalize` (fit ended, outputs missing) or `done`."""
-    if (run_dir / "metrics.json").is_file():
-        return "done"
-    if (run_dir / "backup").is_dir():
-        return "resume"
-    if (run_dir / "history.csv").is_file() and (run_dir / "model.keras").is_file():
-        return "finalize"
-    return "fresh"
-
-
-def _check_same_config(run_dir: Path, cfg: MedicalCNNConfig) -> None:
-    saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
-        return
-    # Compare the JSON forms (tuples and lists alike).
-    saved = load_config(MedicalCNNConfig, saved_path, app=APP_NAME)
-    old = json.loads(json.dumps(config_to_dict(saved)))
-    new = json.loads(json.dumps(config_to_dict(cfg)))
-    changed = sorted(k for k in new if old.get(k) != new[k])
-    if changed:
-        raise RunDirError(
-            f"run directory {run_dir} was started with a different config (differs in: "
-            f"{', '.join(changed)}); use the same options to resume, or another --run-dir."
-        )
-
-
-def finalize_run(run_dir: Path, cfg: MedicalCNNConfig, val: data_lib.ImageSplit) -> dict:
+def finalize_run(run_dir: Path, config: MedicalCNNConfig, val: data_lib.ImageSplit) -> dict:
     """Picks the threshold on `val`, writes threshold.json, metrics.json and plots."""
-    model = load_keras_model(run_dir / "model.keras")
+    model = load_keras_model(run_dir / MODEL_FILE)
     # Outside any distribution: one device, so no padding is needed.
-    batches = data_lib.make_batches(val, cfg.num_classes, cfg.batch_size)
+    batches = data_lib.make_batches(val, config.num_classes, config.batch_size)
     probabilities = model.predict(batches, verbose=0)
     if not np.all(np.isfinite(probabilities)):
         raise TrainingDivergedError(
             f"the model in {run_dir / 'model.keras'} gives non-finite outputs on the validation "
             f"split (training diverged), so the run is left unfinished. Lower the learning "
-            f"rate (now {cfg.learning_rate:g}, e.g. --learning-rate {cfg.learning_rate / 10:g}) "
+            f"rate (now {config.learning_rate:g}, e.g. --learning-rate {config.learning_rate / 10:g}) "
             f"and train into a new --run-dir."
         )
     plots_dir = run_dir / "plots"
     threshold = None
-    if cfg.num_classes == 2:
+    if config.num_classes == 2:
         scores = probabilities.reshape(-1)
         if len(np.unique(val.labels)) == 2:
             threshold = metrics_lib.youden_threshold(val.labels, scores)
@@ -154,31 +135,31 @@ def finalize_run(run_dir: Path, cfg: MedicalCNNConfig, val: data_lib.ImageSplit)
         report = metrics_lib.classification_report(val.labels, probabilities)
         cm = report["confusion_matrix"]
     plots.plot_confusion_matrix(
-        cm, cfg.class_names, plots_dir / "confusion_matrix_val.png", "Confusion matrix (val)"
+        cm, config.class_names, plots_dir / "confusion_matrix_val.png", "Confusion matrix (val)"
     )
-    plots.plot_training_curves(run_dir / "history.csv", plots_dir / "training_curves.png")
+    plots.plot_training_curves(run_dir / HISTORY_FILE, plots_dir / "training_curves.png")
     return {"split": "val", "threshold": threshold, **report}
 
 
 def train(
-    cfg: MedicalCNNConfig,
+    config: MedicalCNNConfig,
     run_dir: str | os.PathLike,
     callbacks: list | None = None,
     verbose: int | str = 2,
     tensorboard: bool = True,
     distribute: str = "none",
 ) -> dict:
-    """Trains `cfg` and writes the run directory; returns the metrics written.
+    """Trains `config` and writes the run directory; returns the metrics written.
 
     Args:
-        cfg: the config (a preset with overrides).
+        config: the config (a preset with overrides).
         run_dir: the run directory; an unfinished run there is resumed.
         callbacks: extra Keras callbacks (appended to the standard ones).
         verbose: `model.fit` verbosity.
         tensorboard: write TensorBoard logs (needs the `tensorboard` and
             `tensorflow` packages; skipped with a warning otherwise).
         distribute: `"none"`, `"mirrored"` or `"multiworker"` (see
-            `apps.common.distribute`); `cfg.batch_size` is the global batch.
+            `apps.common.distribute`); `config.batch_size` is the global batch.
             With several workers only the chief writes `run_dir` and
             finalises the run; the other workers return
             `{"worker": "worker:1", ...}` without metrics.
@@ -196,33 +177,35 @@ def train(
     """
     # First: a multi-worker strategy must exist before TensorFlow runs anything.
     dist = get_distribution(distribute)
-    dist.check_batch_size(cfg.batch_size)
+    dist.check_batch_size(config.batch_size)
     run_dir = check_run_dir_path(run_dir)
     check_run_app(run_dir, APP_NAME, option="--run-dir")
     work_dir = dist.work_dir(run_dir)
-    state = _run_state(work_dir)
+    state = run_state(work_dir)
     if state == "done":
         raise RunDirError(
             f"run directory {run_dir} already holds a finished run (metrics.json); "
             f"choose another --run-dir."
         )
-    keras.utils.set_random_seed(cfg.seed)
-    data = data_lib.load_data(cfg.dataset, cfg.data_path, ("train", "val"), cfg.tfds_image_size)
+    keras.utils.set_random_seed(config.seed)
+    data = data_lib.load_data(
+        config.dataset, config.data_path, ("train", "val"), config.tfds_image_size
+    )
     data_lib.check_training_labels(data)
-    data.splits["train"] = data_lib.subsample(data["train"], cfg.max_train_examples, cfg.seed)
-    cfg = resolve_config(cfg, data)
-    _check_same_config(work_dir, cfg)
+    data.splits["train"] = data_lib.subsample(data["train"], config.max_train_examples, config.seed)
+    config = resolve_config(config, data)
+    check_same_config(work_dir, config, APP_NAME)
     work_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, work_dir / "config.json", app=APP_NAME)
+    save_config(config, work_dir / CONFIG_FILE, app=APP_NAME)
 
     epochs_run = 0
     if state != "finalize":
         if state == "resume":
             print(f"resuming the unfinished run in {work_dir}")
-        history = _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard)
+        history = _fit(config, data, work_dir, dist, callbacks, verbose, tensorboard)
         epochs_run = len(history.history.get("loss", []))
-        _check_diverged(history, cfg, run_dir)
-        if not (work_dir / "model.keras").is_file():
+        _check_diverged(history, config, run_dir)
+        if not (work_dir / MODEL_FILE).is_file():
             raise RuntimeError(
                 f"training produced no model in {work_dir} (the loss became NaN, or "
                 f"{MONITOR} was never finite); try a lower learning rate."
@@ -230,7 +213,7 @@ def train(
     if not dist.is_chief:
         dist.release_work_dir(work_dir)
         return {"worker": dist.describe()["task"], "epochs_run_this_call": epochs_run}
-    report = finalize_run(run_dir, cfg, data["val"])
+    report = finalize_run(run_dir, config, data["val"])
     report.update(
         {
             # Every epoch of the run, also those of the calls before a resume.
@@ -242,11 +225,11 @@ def train(
             "distribute": dist.describe(),
         }
     )
-    atomic_write_json(run_dir / "metrics.json", report)
+    atomic_write_json(run_dir / METRICS_FILE, report)
     return report
 
 
-def _check_diverged(history, cfg: MedicalCNNConfig, run_dir: Path) -> None:
+def _check_diverged(history, config: MedicalCNNConfig, run_dir: Path) -> None:
     """Raises `TrainingDivergedError` if an epoch of `history` ended with a non-finite loss."""
     losses = history.history.get("loss", [])
     for epoch, loss in zip(history.epoch, losses, strict=False):
@@ -254,49 +237,51 @@ def _check_diverged(history, cfg: MedicalCNNConfig, run_dir: Path) -> None:
             raise TrainingDivergedError(
                 f"training diverged: the loss became {float(loss)} in epoch {epoch + 1} and "
                 f"training was stopped, so {run_dir} is left unfinished (no threshold.json, no "
-                f"metrics.json). Lower the learning rate (now {cfg.learning_rate:g}, e.g. "
-                f"--learning-rate {cfg.learning_rate / 10:g}) and train into a new --run-dir."
+                f"metrics.json). Lower the learning rate (now {config.learning_rate:g}, e.g. "
+                f"--learning-rate {config.learning_rate / 10:g}) and train into a new --run-dir."
             )
 
 
-def _fit(cfg, data, work_dir, dist, callbacks, verbose, tensorboard):
+def _fit(config, data, work_dir, dist, callbacks, verbose, tensorboard):
     """Builds, compiles and fits the model inside the distribution's scope."""
     # Batches of the global batch size. On JAX every batch is split evenly over the
     # devices: training drops the few examples that do not fit, validation pads.
     multiple = dist.batch_multiple
     train_batches = data_lib.ArrayBatches(
         data["train"],
-        cfg.num_classes,
-        cfg.batch_size,
+        config.num_classes,
+        config.batch_size,
         shuffle=True,
-        seed=cfg.seed,
+        seed=config.seed,
         multiple_of=multiple,
         remainder="trim",
     )
     # Each epoch's order depends on (seed, epoch) only, also on resume.
     follow_epochs = FollowEpochs(train_batches)
     val_batches = data_lib.make_batches(
-        data["val"], cfg.num_classes, cfg.batch_size, multiple_of=multiple, remainder="pad"
+        data["val"], config.num_classes, config.batch_size, multiple_of=multiple, remainder="pad"
     )
     if keras.backend.backend() == "tensorflow":
         train_batches = dist.prepare_tf_dataset(train_batches.as_tf_dataset())
         val_batches = dist.prepare_tf_dataset(val_batches)
-    class_weight = dict(enumerate(cfg.class_weights)) if cfg.imbalance == "class_weight" else None
+    class_weight = (
+        dict(enumerate(config.class_weights)) if config.imbalance == "class_weight" else None
+    )
     with dist.scope():
-        model = compile_model(build_model(cfg, sync_batch_norm=dist.sync_batch_norm), cfg)
+        model = compile_model(build_model(config, sync_batch_norm=dist.sync_batch_norm), config)
         dist.prepare_model(model)
         return model.fit(
             train_batches,
             validation_data=val_batches,
-            epochs=cfg.epochs,
+            epochs=config.epochs,
             class_weight=class_weight,
             shuffle=False,  # the batches are shuffled by the pipeline
             callbacks=standard_callbacks(
                 work_dir,
                 MONITOR,
                 "max",
-                cfg.patience,
-                lr_schedule=cosine_schedule(cfg),
+                config.patience,
+                lr_schedule=cosine_schedule(config),
                 tensorboard=tensorboard,
             )
             + [follow_epochs, *(callbacks or [])],
