@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from apps.common.config import apply_overrides  # noqa: E402
 from apps.common.data import find_shared_data  # noqa: E402
 from apps.common.io import atomic_write_json  # noqa: E402
+from apps.common.machine import describe_machine, machine_info  # noqa: E402
 from apps.medical_cnn.config import get_config  # noqa: E402
 from apps.medical_cnn.train import train  # noqa: E402
 
@@ -99,8 +100,7 @@ def main(argv=None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "preset": args.preset,
         "config": dataclasses.asdict(base),
-        "cpu_count": os.cpu_count(),
-        "load_average_1min_before": round(os.getloadavg()[0], 2),
+        "machine": machine_info(),
         "variants": {},
     }
     for name, overrides in variants.items():
@@ -119,6 +119,7 @@ def main(argv=None) -> int:
             f"{name}: val {line}; train {s['train_seconds']['mean']:.0f} ± "
             f"{s['train_seconds']['std']:.0f} s"
         )
+    print(f"machine: {describe_machine(results['machine'])}")
     atomic_write_json(args.out, results)
     print(f"wrote {args.out}")
     return 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import tensorflow as tf  # noqa: E402
 
 from apps.common.export import is_complete_saved_model, latest_version_path  # noqa: E402
 from apps.common.io import atomic_write_json  # noqa: E402
+from apps.common.machine import machine_info  # noqa: E402
 
 SENTENCES = [
     "Hello.",
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     report = {
         "command": " ".join(["python", sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "tensorflow": tf.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "machine": machine_info(),
         "results": results,
     }
     atomic_write_json(args.out, report)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from apps.common.data import find_shared_data  # noqa: E402
 from apps.common.io import atomic_write_json  # noqa: E402
+from apps.common.machine import machine_info  # noqa: E402
 from apps.translator.data import group_references, load_splits  # noqa: E402
 from apps.translator.decoding import compile_decoder, reference_greedy_decode  # noqa: E402
 from apps.translator.export import write_saved_model  # noqa: E402
@@ -143,8 +143,7 @@ def main(argv=None):
         "model": str(args.model),
         "sequence_length": length,
         "backend": keras.backend.backend(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "machine": machine_info(),
         "mean_source_tokens": round(float((source != 0).sum(axis=1).mean()), 2),
         "mean_output_tokens": round(float((outputs["b1"] != 0).sum(axis=1).mean()), 2),
         "results": results,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from apps.common.cli import default_run_dir  # noqa: E402
 from apps.common.config import apply_overrides, config_to_dict, load_config  # noqa: E402
 from apps.common.data import find_shared_data  # noqa: E402
 from apps.common.io import atomic_write_json  # noqa: E402
+from apps.common.machine import machine_info  # noqa: E402
 from apps.translator.config import TranslatorConfig, get_config  # noqa: E402
 from apps.translator.data import load_splits, read_pairs  # noqa: E402
 from apps.translator.evaluate import evaluate_pairs  # noqa: E402
@@ -75,8 +75,7 @@ def main(argv=None):
     report = {
         "command": "python benchmarks/translator_quality.py " + " ".join(sys.argv[1:]),
         "run_dir": str(run_dir),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "machine": machine_info(),
         "config": config_to_dict(config),
         "training": train_metrics,
         "test": test,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import keras  # noqa: E402
 
 from apps.common.data import find_shared_data  # noqa: E402
 from apps.common.io import atomic_write_json  # noqa: E402
+from apps.common.machine import machine_info  # noqa: E402
 from apps.translator.config import get_config  # noqa: E402
 from apps.translator.data import load_splits, make_dataset  # noqa: E402
 from apps.translator.model import build_model  # noqa: E402
@@ -123,8 +123,7 @@ def main(argv=None):
     report = {
         "command": "python benchmarks/translator_training.py " + " ".join(sys.argv[1:]),
         "backend": keras.backend.backend(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "machine": machine_info(),
         "results": results,
     }
     atomic_write_json(args.output, report)

@@ -44,6 +44,7 @@ from apps.common.config import save_config
 from apps.common.distribute import get_distribution
 from apps.common.errors import RunDirError, TrainingDivergedError
 from apps.common.io import atomic_write_json
+from apps.common.machine import machine_info
 from apps.common.model_io import load_keras_model
 from apps.common.rundir import (
     CONFIG_FILE,
@@ -222,6 +223,7 @@ def train(
             "num_train_examples": len(data["train"]),
             "data_source": data.source,
             "backend": keras.backend.backend(),
+            "machine": machine_info(),
             "distribute": dist.describe(),
         }
     )
