@@ -39,7 +39,7 @@ import keras
 import numpy as np
 
 from apps.common.batches import FollowEpochs
-from apps.common.callbacks import logged_seconds, standard_callbacks
+from apps.common.callbacks import logged_seconds, read_history, standard_callbacks
 from apps.common.config import save_config
 from apps.common.distribute import get_distribution
 from apps.common.errors import RunDirError, TrainingDivergedError
@@ -205,7 +205,9 @@ def train(
             print(f"resuming the unfinished run in {work_dir}")
         history = _fit(config, data, work_dir, dist, callbacks, verbose, tensorboard)
         epochs_run = len(history.history.get("loss", []))
-        _check_diverged(history, config, run_dir)
+    # Also when only finalising: a rerun must not finish a run that diverged.
+    _check_diverged(work_dir, config, run_dir)
+    if state != "finalize":
         if not (work_dir / MODEL_FILE).is_file():
             raise RuntimeError(
                 f"training produced no model in {work_dir} (the loss became NaN, or "
@@ -231,11 +233,19 @@ def train(
     return report
 
 
-def _check_diverged(history, config: MedicalCNNConfig, run_dir: Path) -> None:
-    """Raises `TrainingDivergedError` if an epoch of `history` ended with a non-finite loss."""
-    losses = history.history.get("loss", [])
-    for epoch, loss in zip(history.epoch, losses, strict=False):
-        if not math.isfinite(float(loss)):
+def _check_diverged(work_dir: Path, config: MedicalCNNConfig, run_dir: Path) -> None:
+    """Raises `TrainingDivergedError` if an epoch in `history.csv` ended with a non-finite loss.
+
+    The history, not the last `fit`, is read, so that running the same command
+    again on a run that diverged (which then has a history and a model but no
+    backup) refuses to finish it as well.
+    """
+    for row in read_history(work_dir / HISTORY_FILE):
+        try:
+            epoch, loss = int(row["epoch"]), float(row.get("loss") or "nan")
+        except (KeyError, ValueError):
+            continue
+        if not math.isfinite(loss):
             raise TrainingDivergedError(
                 f"training diverged: the loss became {float(loss)} in epoch {epoch + 1} and "
                 f"training was stopped, so {run_dir} is left unfinished (no threshold.json, no "

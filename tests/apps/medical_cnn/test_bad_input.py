@@ -249,11 +249,20 @@ def test_train_into_a_translator_run_is_refused(tmp_path, capsys, translator_run
 
 
 class _NaNWeights(keras.callbacks.Callback):
-    """Makes every weight NaN before the first batch: the loss is NaN at once."""
+    """Makes every weight NaN before the first batch of epoch `epoch`: the loss is NaN then."""
+
+    def __init__(self, epoch=0):
+        super().__init__()
+        self.epoch = epoch
+        self.current = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        for weight in self.model.trainable_weights:
-            weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+        if self.current == self.epoch:
+            for weight in self.model.trainable_weights:
+                weight.assign(np.full(weight.shape, np.nan, weight.dtype))
 
 
 def test_diverged_training_raises_and_leaves_the_run_unfinished(tmp_path):
@@ -269,8 +278,24 @@ def test_diverged_training_raises_and_leaves_the_run_unfinished(tmp_path):
     ):
         train(cfg, run_dir, callbacks=[_NaNWeights()], verbose=0, tensorboard=False)
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "threshold.json").exists()
-    # Running the same command again finds the NaN model and still does not finish the run.
-    with pytest.raises(TrainingDivergedError, match="gives non-finite outputs"):
+    # Running the same command again finds the divergence in the history and still
+    # does not finish the run.
+    with pytest.raises(TrainingDivergedError, match="the loss became nan in epoch 1"):
+        train(cfg, run_dir, verbose=0, tensorboard=False)
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "threshold.json").exists()
+
+
+def test_a_run_that_diverged_after_a_good_epoch_is_not_finished_by_a_rerun(tmp_path):
+    # Epoch 1 trains and saves a good model.keras, epoch 2 diverges: the run dir then
+    # holds a history and a sound model but no backup, which a rerun could finalise.
+    cfg = dataclasses.replace(
+        get_config("tiny"), dataset="npz", data_path=str(_npz(tmp_path / "d.npz")), epochs=3
+    )
+    run_dir = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError, match="the loss became nan in epoch 2"):
+        train(cfg, run_dir, callbacks=[_NaNWeights(epoch=1)], verbose=0, tensorboard=False)
+    assert (run_dir / "model.keras").is_file() and not (run_dir / "backup").exists()
+    with pytest.raises(TrainingDivergedError, match="the loss became nan in epoch 2"):
         train(cfg, run_dir, verbose=0, tensorboard=False)
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "threshold.json").exists()
 
