@@ -193,6 +193,11 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         value = float(value)
         if math.isnan(value) or not self._improved(value):
             return
+        # An epoch whose training loss is not finite (it diverged; TerminateOnNaN
+        # stops it) has weights that are not a model, whatever its metric says.
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            return
         self.best = value
         self.filepath.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.filepath.with_name(f".{self.filepath.stem}.tmp.keras")

@@ -199,15 +199,15 @@ def train(
     work_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, work_dir / CONFIG_FILE, app=APP_NAME)
 
+    # A rerun of a run that diverged (its history shows it) neither trains nor finishes it.
+    _check_diverged(work_dir, config, run_dir)
     epochs_run = 0
     if state != "finalize":
         if state == "resume":
             print(f"resuming the unfinished run in {work_dir}")
         history = _fit(config, data, work_dir, dist, callbacks, verbose, tensorboard)
         epochs_run = len(history.history.get("loss", []))
-    # Also when only finalising: a rerun must not finish a run that diverged.
-    _check_diverged(work_dir, config, run_dir)
-    if state != "finalize":
+        _check_diverged(work_dir, config, run_dir)
         if not (work_dir / MODEL_FILE).is_file():
             raise RuntimeError(
                 f"training produced no model in {work_dir} (the loss became NaN, or "

@@ -122,6 +122,17 @@ def test_checkpoint_respects_initial_threshold(tmp_path):
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
+def test_checkpoint_never_saves_an_epoch_whose_loss_is_not_finite(tmp_path):
+    # A diverged epoch can still log a "better" metric (an AUC of 0.5 on NaN
+    # outputs beats 0.4): its weights are not a model and are not saved.
+    ckpt = AtomicModelCheckpoint(tmp_path / "m.keras", "val_auc", "max")
+    ckpt.set_model(_model())
+    ckpt.on_epoch_end(0, {"loss": float("nan"), "val_auc": 0.5})
+    assert not (tmp_path / "m.keras").exists() and ckpt.best == -np.inf
+    ckpt.on_epoch_end(1, {"loss": 0.3, "val_auc": 0.5})
+    assert (tmp_path / "m.keras").is_file() and ckpt.best == 0.5
+
+
 def test_checkpoint_missing_metric_and_bad_args(tmp_path):
     x, y = _data()
     ckpt = AtomicModelCheckpoint(tmp_path / "m.keras", "val_auc", "max")
