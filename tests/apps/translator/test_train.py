@@ -55,7 +55,11 @@ def test_run_directory_holds_everything_needed(tiny_run):
     source_vocab = Vocabulary.load(run_dir / "vocab_source.txt")
     assert source_vocab.tokens[:4] == RESERVED_TOKENS and source_vocab.size == 300
     saved = json.loads((run_dir / "metrics.json").read_text())
-    assert saved["epochs_run"] == 3 and saved["train_pairs"] == 4000
+    # train_pairs: the pairs trained on, those of the 4000 that fit sequence_length
+    # (RUN/data/ holds them, tokenised once).
+    counts = json.loads((run_dir / "data" / "manifest.json").read_text())["splits"]["train"]
+    assert counts["pairs"] == 4000 and 3990 <= counts["kept_pairs"] <= 4000
+    assert saved["epochs_run"] == 3 and saved["train_pairs"] == counts["kept_pairs"]
     assert saved["val_subset_sources"] == 40 and 0.0 <= saved["val_subset_bleu"] <= 100.0
     assert saved["ms_per_step"] > 0 and saved["pairs_per_second"] > 0
     assert len(saved["samples"]) == 5
