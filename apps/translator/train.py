@@ -56,6 +56,7 @@ from apps.translator.batches import ArrayBatches
 from apps.translator.config import (
     APP_NAME,
     CONFIG_FILE,
+    DATA_FIELDS,
     MODEL_FILE,
     PREPARED_DIR,
     RUN_FIELDS,
@@ -221,7 +222,18 @@ def _tokenised(config: TranslatorConfig, data, splits, run_dir: Path) -> Prepare
     """`RUN/data/`: the text tokenised once into the prepared format (reused when resuming)."""
     data_dir = run_dir / PREPARED_DIR
     if (data_dir / MANIFEST_FILE).is_file():
-        return load_prepared(data_dir)
+        prepared = load_prepared(data_dir)
+        changed = [k for k in DATA_FIELDS if getattr(config, k) != getattr(prepared.config, k)]
+        recorded = prepared.manifest["data"]["sha256"]
+        if data is not None and recorded is not None and Path(data).is_file():
+            if sha256_file(Path(data)) != recorded:
+                changed.append(f"the corpus (sha256 of {data})")
+        if changed:
+            raise RunDirError(
+                f"{data_dir} was tokenised from other data or settings ({', '.join(changed)}): "
+                "resume with the same --data and options, or pass a new --run-dir."
+            )
+        return prepared
     from apps.translator.prepare import prepare
 
     prepare(config, data_dir, data=data, splits=splits)

@@ -322,6 +322,18 @@ def test_resumed_text_run_reuses_run_data(corpus, tmp_path, monkeypatch):
         raise AssertionError("tokenised again")
 
     monkeypatch.setattr(prepare_module, "prepare", refuse)
+    # Another corpus or other tokenisation settings do not match RUN/data/.
+    other = write_pairs_file(tmp_path / "other.txt", read_pairs(corpus)[::2])
+    with pytest.raises(RunDirError, match=r"the corpus \(sha256 of .*other.txt\)"):
+        train(config, data=other, run_dir=run_dir, verbose=0)
+    with pytest.raises(RunDirError, match=r"different config \(fields: min_count\)"):
+        train(dataclasses.replace(config, min_count=2), data=corpus, run_dir=run_dir)
+    # Also without config.json (a run stopped between tokenising and writing it).
+    saved = (run_dir / "config.json").read_bytes()
+    (run_dir / "config.json").unlink()
+    with pytest.raises(RunDirError, match=r"tokenised from other data or settings \(min_count"):
+        train(dataclasses.replace(config, min_count=2), data=corpus, run_dir=run_dir)
+    (run_dir / "config.json").write_bytes(saved)
     metrics = train(config, data=corpus, run_dir=run_dir, verbose=0)
     assert metrics["epochs_run"] == 2
     assert (run_dir / "data" / "manifest.json").read_bytes() == manifest
