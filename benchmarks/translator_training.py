@@ -31,8 +31,9 @@ import keras  # noqa: E402
 from apps.common.data import find_shared_data  # noqa: E402
 from apps.common.io import atomic_write_json  # noqa: E402
 from apps.common.machine import machine_info  # noqa: E402
+from apps.translator.batches import make_dataset  # noqa: E402
 from apps.translator.config import get_config  # noqa: E402
-from apps.translator.data import load_splits, make_dataset  # noqa: E402
+from apps.translator.data import load_splits  # noqa: E402
 from apps.translator.model import build_model  # noqa: E402
 from apps.translator.train import compile_model  # noqa: E402
 from apps.translator.vectorization import Vocabulary  # noqa: E402

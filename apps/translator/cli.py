@@ -38,7 +38,6 @@ from apps.common.cli import (
 from apps.common.distribute import STRATEGIES
 from apps.common.errors import UserError
 from apps.common.io import atomic_write_text, to_json
-from apps.common.rundir import check_run_dir_path, default_run_dir
 from apps.common.textio import decode_utf8, join_lines, read_input_bytes, split_lines
 from apps.translator.config import APP_NAME, PRESETS, SERVING_TIMEOUT
 
@@ -133,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _prepare(args) -> None:
     from apps.translator.config import get_config
-    from apps.translator.prepared import prepare
+    from apps.translator.prepare import prepare
 
     config = _overrides(get_config(args.preset), max_train_pairs=args.max_train_pairs)
     manifest = prepare(config, args.out, data=args.data, preset=args.preset)
@@ -155,28 +154,23 @@ def _overrides(config, **overrides):
 
 
 def _train(args) -> None:
-    from apps.translator.config import get_config
-
     if args.prepared is not None and args.data is not None:
         raise CliError("pass --data CORPUS or --prepared DIR, not both")
+    from apps.translator.train import base_config, resolve_run_dir, train
+
     prepared = None
     if args.prepared is not None:
         from apps.translator.prepared import load_prepared
 
         prepared = load_prepared(args.prepared)
-        base = prepared.config if args.preset is None else get_config(args.preset)
-    else:
-        base = get_config(args.preset or "default")
     config = _overrides(
-        base,
+        base_config(args.preset, prepared),
         epochs=args.epochs,
         seed=args.seed,
         max_train_pairs=args.max_train_pairs,
         time_budget_minutes=args.time_budget_minutes,
     )
-    from apps.translator.train import train
-
-    run_dir = check_run_dir_path(args.run_dir or default_run_dir(APP_NAME), "--run-dir")
+    run_dir = resolve_run_dir(args.run_dir)
     print(f"run directory: {run_dir}", file=sys.stderr)
     metrics = train(
         config, data=args.data, run_dir=run_dir, prepared=prepared, distribute=args.distribute

@@ -45,6 +45,11 @@ DATA_FIELDS = (
     "min_count",
     "max_train_pairs",
 )
+# Where a run directory keeps the prepared data that `train --data` tokenised.
+PREPARED_DIR = "data"
+# The run's inputs, recorded so that config.json says how to reproduce it; not
+# compared when a run resumes (a resumed run may read a copy, or run elsewhere).
+RUN_FIELDS = ("data_path", "data_sha256", "distribute")
 
 
 @dataclasses.dataclass
@@ -96,6 +101,12 @@ class TranslatorConfig:
         eval_sentences: validation sources decoded after training for the
             BLEU/chrF in `metrics.json` (0 skips it).
         seed: seeds weights, shuffling and dropout.
+        data_path: the corpus (`--data`) or the prepared folder (`--prepared`)
+            the run was trained from; `None` for pairs passed in memory or the
+            downloaded corpus (recorded by `train`).
+        data_sha256: the corpus's sha256, or that of the prepared folder's
+            `manifest.json` (which holds every file's); `None` if not known.
+        distribute: the `--distribute` strategy (recorded by `train`).
     """
 
     # Data and tokenisation.
@@ -131,6 +142,10 @@ class TranslatorConfig:
     time_budget_minutes: float | None = None
     eval_sentences: int = 1000
     seed: int = 1234
+    # Inputs (recorded by `train`, see RUN_FIELDS).
+    data_path: str | None = None
+    data_sha256: str | None = None
+    distribute: str = "none"
 
     def __post_init__(self):
         positive = (

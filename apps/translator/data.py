@@ -1,4 +1,4 @@
-"""English-Spanish sentence pairs: reading, a stable split, references and tf.data pipelines.
+"""English-Spanish sentence pairs: reading, a stable split, references and token ids.
 
 The corpus is the Tatoeba/Anki `spa-eng` archive (one `English<TAB>Spanish`
 pair per line, an English sentence often on several lines with different
@@ -7,13 +7,13 @@ the official download, checksum verified); `split_pairs` assigns every pair to
 `train`, `val` or `test` by a SHA-256 hash of its English sentence, so the
 split is the same on every machine and in every version, and all translations
 of one sentence land in the same split (no test sentence is seen in training).
-`make_dataset` turns pairs into batches for `model.fit`:
-`({"source_tokens", "decoder_tokens"}, labels)` where the decoder input is the
-target prefixed with `[START]` and the labels are the target followed by
-`[END]` (teacher forcing, shift by one).
+`encode_pairs` turns pairs into token ids for teacher forcing: the decoder
+input is the target prefixed with `[START]` and the labels are the target
+followed by `[END]` (shift by one); `prepare.py` writes them as arrays and
+`batches.py` batches them.
 
 Reading, splitting and grouping are plain Python; only the tokenising
-pipelines (`encode_pairs`, `make_dataset`) import TensorFlow, so this module
+step (`encode_pairs`) imports TensorFlow, so this module
 also serves a process without it (training from prepared arrays).
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 import warnings
 import zipfile
@@ -30,12 +29,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-import numpy as np
-
 from apps.common.data import fetch_file
 from apps.common.errors import DataError, MissingFileError
 from apps.common.textio import decode_utf8, read_input_bytes, split_lines
-from apps.translator.tokens import END_ID, PAD_ID, START_ID
+from apps.translator.tokens import END_ID, START_ID
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -287,109 +284,3 @@ def encode_pairs(
     decoder_input = tf.concat([tf.fill([n, 1], START_ID), target], axis=1)
     labels = tf.concat([target, tf.fill([n, 1], END_ID)], axis=1)
     return source, decoder_input, labels
-
-
-def bucket_boundaries(sequence_length: int) -> list[int]:
-    """Length-bucket upper bounds (exclusive) for `make_dataset`; the last is `sequence_length + 1`."""
-    bounds = [b for b in (5, 7, 9, 11, 14, 18, 24, 32, 48, 64) if b <= sequence_length]
-    return bounds + [sequence_length + 1]
-
-
-def make_dataset(
-    pairs: Sequence[Pair],
-    source_vocab: Vocabulary,
-    target_vocab: Vocabulary,
-    sequence_length: int,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int | None = None,
-    bucket_by_length: bool = True,
-    pad_batches: bool = False,
-) -> tuple[tf.data.Dataset, int]:
-    """A `tf.data.Dataset` for `model.fit` and the number of batches it yields per pass.
-
-    Elements are `({"source_tokens": (B, T), "decoder_tokens": (B, T)}, labels (B, T))`,
-    int32, padded with `PAD_ID`. With `bucket_by_length`, each batch holds
-    sentences of similar length and is padded to its bucket's bound (few
-    distinct shapes, little padding); otherwise every batch is padded to
-    `sequence_length`. With `pad_batches`, a batch with fewer than
-    `batch_size` pairs is filled up with all-`[PAD]` rows, which add nothing to
-    the masked loss and accuracy: every batch then splits evenly over devices
-    (needed by `keras.distribution.DataParallel` on JAX).
-    """
-    if batch_size < 1:
-        raise ValueError(
-            f"batch_size must be a positive integer. Received: batch_size={batch_size}"
-        )
-    encoded = encode_pairs(pairs, source_vocab, target_vocab, sequence_length)
-    if int(encoded[0].nrows()) == 0:
-        raise DataError(f"None of the {len(pairs)} pairs fits sequence_length={sequence_length}.")
-    return dataset_from_ids(
-        *encoded,
-        sequence_length=sequence_length,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        bucket_by_length=bucket_by_length,
-        pad_batches=pad_batches,
-    )
-
-
-def dataset_from_ids(
-    source: tf.RaggedTensor,
-    decoder_input: tf.RaggedTensor,
-    labels: tf.RaggedTensor,
-    sequence_length: int,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int | None = None,
-    bucket_by_length: bool = True,
-    pad_batches: bool = False,
-) -> tuple[tf.data.Dataset, int]:
-    """`make_dataset` for pairs already encoded by `encode_pairs` (same arguments and result)."""
-    import tensorflow as tf
-
-    if batch_size < 1:
-        raise ValueError(
-            f"batch_size must be a positive integer. Received: batch_size={batch_size}"
-        )
-    n = int(source.nrows())
-    if n == 0:
-        raise ValueError("No encoded pairs to batch.")
-    ds = tf.data.Dataset.from_tensor_slices((source, decoder_input, labels))
-    # Rows of a ragged tensor arrive as 1-D ragged specs; padded batching wants tensors.
-    ds = ds.map(lambda *row: tuple(tf.reshape(x, [-1]) for x in row))
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    if bucket_by_length:
-        bounds = bucket_boundaries(sequence_length)
-        lengths = np.maximum(source.row_lengths().numpy(), labels.row_lengths().numpy())
-        counts = np.bincount(np.searchsorted(bounds, lengths, side="right"), minlength=len(bounds))
-        num_batches = int(sum(math.ceil(c / batch_size) for c in counts))
-        ds = ds.bucket_by_sequence_length(
-            lambda s, d, y: tf.maximum(tf.size(s), tf.size(y)),
-            bucket_boundaries=bounds,
-            bucket_batch_sizes=[batch_size] * (len(bounds) + 1),
-            padding_values=(PAD_ID, PAD_ID, PAD_ID),
-            pad_to_bucket_boundary=True,
-        )
-    else:
-        num_batches = math.ceil(n / batch_size)
-        shape = [sequence_length]
-        ds = ds.padded_batch(
-            batch_size, padded_shapes=(shape, shape, shape), padding_values=(PAD_ID,) * 3
-        )
-    if pad_batches:
-
-        def fill_up(*batch):
-            extra = batch_size - tf.shape(batch[0])[0]
-            return tuple(tf.pad(x, [[0, extra], [0, 0]], constant_values=PAD_ID) for x in batch)
-
-        ds = ds.map(fill_up)
-    ds = ds.map(
-        lambda s, d, y: ({"source_tokens": s, "decoder_tokens": d}, y),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    # The count is exact, so Keras can show progress and knows where an epoch ends.
-    ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
-    return ds.prefetch(tf.data.AUTOTUNE), num_batches

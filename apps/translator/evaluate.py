@@ -19,11 +19,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import keras
+import numpy as np
 import sacrebleu
 
 from apps.common.errors import DataError, UserError
 from apps.common.io import atomic_write_json
+from apps.translator.batches import length_buckets
 from apps.translator.data import Pair, Splits, group_references, load_splits, read_pairs
+from apps.translator.prepared import Prepared
+from apps.translator.tokens import ids_to_text
 
 
 def corpus_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
@@ -165,3 +170,76 @@ def evaluate(
         base = Path(model) if Path(model, "config.json").is_file() else Path("runs", "translator")
         output = base / f"evaluation_{name}.json"
     return results, atomic_write_json(output, results)
+
+
+def translate_ids(
+    model: keras.Model,
+    sources: np.ndarray,
+    target_tokens: Sequence[str],
+    batch_size: int = 64,
+) -> list[str]:
+    """Translates rows of source ids with cached greedy decoding; no TensorFlow needed.
+
+    The text is what `Translator.translate` returns for the same sentences
+    (`tokens.ids_to_text` is the Python twin of the graph's detokeniser); an
+    all-padding row translates to `""`. Rows are batched by length; each batch
+    is cut to its bucket width and filled up to `batch_size` rows, so the
+    decoder compiles once per bucket width.
+    """
+    from apps.translator.decoding import compile_decoder
+    from apps.translator.model import TranslatorLayers
+
+    layers = TranslatorLayers(model)
+    decode = compile_decoder(layers)
+    sources = np.asarray(sources, "int32")
+    lengths = np.count_nonzero(sources, axis=1)
+    bucket, bucket_widths = length_buckets(np.maximum(lengths, 1), sources.shape[1])
+    widths = bucket_widths[bucket]
+    out = [""] * len(sources)
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = np.zeros((batch_size, int(widths[rows].max())), "int32")
+        batch[: len(rows)] = sources[rows, : batch.shape[1]]
+        ids = np.asarray(decode(batch))
+        for row, output in zip(rows, ids, strict=False):
+            if lengths[row]:
+                out[row] = ids_to_text(output, target_tokens)
+    return out
+
+
+def evaluate_ids(
+    model: keras.Model,
+    prepared: Prepared,
+    split: str = "val",
+    limit: int | None = None,
+    num_samples: int = 20,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict:
+    """BLEU/chrF of `model` on a prepared split, as `evaluate.evaluate_pairs` computes them.
+
+    The same sources (all, or `limit` evenly spaced ones), references, scores
+    and samples as `evaluate_pairs` on the split's text pairs, without
+    tokenising text (so without TensorFlow). Training scores its best
+    checkpoint with it, on every backend.
+    """
+    references = prepared.references(split)
+    sources = prepared.split(split).sources
+    if sources is None or len(sources) != len(references):
+        raise DataError(
+            f"{prepared.path}: {split}.npz and {split}_references.json do not match; "
+            "re-run translator prepare."
+        )
+    picks = select_evenly(range(len(references)), limit)
+    start = time.perf_counter()
+    hypotheses = translate_ids(model, sources[picks], prepared.target_tokens, batch_size)
+    seconds = time.perf_counter() - start
+    return score_translations(
+        [references[i][0] for i in picks],
+        [references[i][1] for i in picks],
+        hypotheses,
+        seconds,
+        num_samples,
+        seed,
+    )

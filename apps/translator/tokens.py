@@ -1,7 +1,7 @@
 """Reserved tokens, vocabulary files and detokenisation in plain Python (no TensorFlow).
 
 Everything a training or decoding process needs to know about tokens lives
-here, so that training from prepared arrays (`prepared.py`) runs where
+here, so that training from prepared arrays (`prepared.py`, `batches.py`) runs where
 TensorFlow cannot be imported, e.g. a GPU machine with only JAX. Splitting
 text into words needs `tf.strings` and stays in `vectorization.py`, which
 imports its constants from here.

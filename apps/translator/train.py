@@ -9,6 +9,7 @@ A run directory holds everything needed to use or resume the run:
     history.csv            one row per epoch, with its epoch_seconds (continued when a run resumes)
     logs/                  TensorBoard
     backup/                the state of the last completed epoch while training (removed at the end)
+    data/                  the prepared data of a `--data` run (see `prepared.py`)
     metrics.json           final figures: best epoch, val loss/accuracy, val BLEU/chrF, timing
                            (train_seconds: the sum of epoch_seconds, every epoch of the run)
 
@@ -18,17 +19,15 @@ ends as an uninterrupted run would have ended (same history, same weights;
 an interrupted epoch is redone from its start, see `apps.common.callbacks`).
 A directory whose training finished is refused.
 
-Two sources of training pairs, batched alike by `prepared.ArrayBatches`
-(NumPy; each epoch's order a pure function of the seed and the epoch, so a
-resumed run sees the batches of an uninterrupted one):
-
-- text (`data=` / `splits=`): tokenised here with `tf.strings`
-  (`data.encode_pairs`), so TensorFlow is needed;
-- prepared arrays (`prepared=`, written by `translator prepare`): training,
-  checkpoints and the BLEU in `metrics.json` need no TensorFlow (e.g.
-  `KERAS_BACKEND=jax` on a GPU machine without it). The run directory is the
-  same either way, and so are the batches (`prepare` writes the arrays that
-  the text path encodes, `prepared.split_from_encoded`).
+One way through: `data=` (text) is tokenised once into `RUN/data/`, the
+prepared format `translator prepare` writes (`prepare.py`, needs TensorFlow);
+a resumed text run reuses that folder and its vocabularies. `prepared=`
+names a folder written by `translator prepare`. From there on every run,
+on TensorFlow or JAX, is the same: the arrays are batched by
+`batches.ArrayBatches` (NumPy; each epoch's order a pure function of the
+seed and the epoch, so a resumed run sees the batches of an uninterrupted
+one) and the best checkpoint is scored on validation ids by
+`evaluate.evaluate_ids` (no TensorFlow needed).
 
 `distribute` runs `model.fit` on several devices or machines through
 `apps.common.distribute` (`MirroredStrategy` / `MultiWorkerMirroredStrategy` on
@@ -38,11 +37,10 @@ the global batch.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import keras
 
@@ -50,21 +48,33 @@ from apps.common.batches import FollowEpochs
 from apps.common.callbacks import HISTORY_FILE, logged_seconds, read_history, standard_callbacks
 from apps.common.config import config_to_dict, load_config, save_config
 from apps.common.distribute import Distribution, get_distribution
-from apps.common.errors import DataError, RunDirError
+from apps.common.errors import RunDirError
 from apps.common.io import atomic_write_json, atomic_write_text
 from apps.common.model_io import load_keras_model
 from apps.common.rundir import check_run_app, check_run_dir_path, default_run_dir
-from apps.translator import prepared as prepared_lib
+from apps.translator.batches import ArrayBatches
 from apps.translator.config import (
     APP_NAME,
     CONFIG_FILE,
+    DATA_FIELDS,
     MODEL_FILE,
+    PREPARED_DIR,
+    RUN_FIELDS,
     SOURCE_VOCAB_FILE,
     TARGET_VOCAB_FILE,
     TranslatorConfig,
+    get_config,
 )
-from apps.translator.data import SPLITS, Splits, check_split_sizes, load_splits
+from apps.translator.data import SPLITS, Splits, check_split_sizes
+from apps.translator.evaluate import evaluate_ids
 from apps.translator.model import build_model
+from apps.translator.prepared import (
+    MANIFEST_FILE,
+    Prepared,
+    check_compatible,
+    load_prepared,
+    sha256_file,
+)
 from apps.translator.tokens import PAD_ID, load_tokens
 from custom_layers.losses import MaskedSparseCategoricalCrossentropy
 from custom_layers.metrics import MaskedAccuracy
@@ -169,120 +179,65 @@ class StepTimer(keras.callbacks.Callback):
         return 1000.0 * self.timed_seconds / self.timed_steps if self.timed_steps else None
 
 
-def _prepare_run_dir(run_dir: Path, config: TranslatorConfig) -> None:
-    """Writes config.json, or checks that a resumed run dir has the same config."""
-    config_path = run_dir / CONFIG_FILE
-    if config_path.is_file():
-        saved = load_config(TranslatorConfig, config_path, app=APP_NAME)
-        if saved != config:
-            changed = sorted(
-                k for k, v in config_to_dict(config).items() if config_to_dict(saved).get(k) != v
-            )
-            raise RunDirError(
-                f"run directory {run_dir} holds a run with a different config (fields: "
-                f"{', '.join(changed)}); resume it with the same options or pass a new --run-dir."
-            )
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, config_path, app=APP_NAME)
-
-
-def _vocabularies(run_dir: Path, splits_train, config: TranslatorConfig):
-    """The run's vocabularies: loaded when resuming, else built from the training split and saved."""
-    from apps.translator.vectorization import Vocabulary, build_vocabularies
-
-    source_path, target_path = run_dir / SOURCE_VOCAB_FILE, run_dir / TARGET_VOCAB_FILE
-    if source_path.is_file() and target_path.is_file():
-        return (
-            Vocabulary.load(source_path, name="source_vocab"),
-            Vocabulary.load(target_path, name="target_vocab"),
-        )
-    source_vocab, target_vocab = build_vocabularies(splits_train, config)
-    source_vocab.save(source_path)
-    target_vocab.save(target_path)
-    return source_vocab, target_vocab
-
-
-class _Inputs(NamedTuple):
-    """What `train` needs from a data source."""
-
-    train: object  # a tf.data.Dataset or a keras.utils.PyDataset
-    val: object
-    steps_per_epoch: int
-    train_pairs: int
-    train_label_tokens: int
-    source_vocab_size: int
-    target_vocab_size: int
-    # fn(run_dir) -> BLEU/chrF dict of the saved best model on validation sentences.
-    evaluate: Callable[[Path], dict]
-    description: dict
-    callbacks: tuple = ()
-
-
-def _text_inputs(config, data, splits, run_dir: Path, dist: Distribution) -> _Inputs:
-    """Pairs from text, tokenised with tf.strings (needs TensorFlow), batched as prepared ones."""
-    from apps.translator.data import encode_pairs
-
-    splits = splits if splits is not None else load_splits(data)
-    train_pairs = splits.train[: config.max_train_pairs] if config.max_train_pairs else splits.train
-    source_vocab, target_vocab = _vocabularies(run_dir, train_pairs, config)
-    arrays = []
-    for pairs in (train_pairs, splits.val):
-        encoded = encode_pairs(pairs, source_vocab, target_vocab, config.sequence_length)
-        if int(encoded[0].nrows()) == 0:
-            raise DataError(
-                f"None of the {len(pairs)} pairs fits sequence_length={config.sequence_length}."
-            )
-        arrays.append(prepared_lib.split_from_encoded(encoded, config.sequence_length))
-    train, val, batches = _batches(config, *arrays, dist)
-
-    def evaluate(run_dir: Path) -> dict:
-        from apps.translator.evaluate import evaluate_pairs
-        from apps.translator.translate import Translator
-
-        translator = Translator.from_run_dir(run_dir)  # The best checkpoint, as users get it.
-        if not config.eval_sentences:
-            return {}
-        return evaluate_pairs(translator, splits.val, limit=config.eval_sentences, num_samples=5)
-
-    return _Inputs(
-        train,
-        val,
-        len(batches),
-        len(train_pairs),
-        batches.label_tokens,
-        source_vocab.size,
-        target_vocab.size,
-        evaluate,
-        {"data": "text"},
-        (FollowEpochs(batches),),
+def resolve_run_dir(run_dir: str | os.PathLike | None) -> Path:
+    """`run_dir` checked, or a fresh `runs/translator/<timestamp>` (the one place it is chosen)."""
+    path = check_run_dir_path(
+        default_run_dir(APP_NAME) if run_dir is None else run_dir, "--run-dir"
     )
+    check_run_app(path, APP_NAME, option="--run-dir")
+    return path
 
 
-def _batches(config, train_split, val_split, dist: Distribution):
-    """The training and validation data for `fit`, and the training `ArrayBatches`.
+def base_config(preset: str | None, prepared: Prepared | None = None) -> TranslatorConfig:
+    """The config a run starts from: `preset`'s, or without one the preparation's, or `default`.
 
-    `ArrayBatches` on every backend (each epoch's order a function of the seed
-    and the epoch, also on resume: keep the training batches on Keras's epoch
-    with `FollowEpochs`); on TensorFlow handed over as `tf.data` datasets,
-    which `tf.distribute` strategies shard (by data across workers).
+    The one place that decides which config applies to prepared data (`train`
+    then only checks that the data fields match, `prepared.check_compatible`).
     """
-    batch_args = dict(
-        batch_size=config.batch_size,
-        sequence_length=config.sequence_length,
-        bucket_by_length=config.bucket_by_length,
-    )
-    train_batches = prepared_lib.ArrayBatches(
-        train_split, shuffle=True, seed=config.seed, **batch_args
-    )
-    val_batches = prepared_lib.ArrayBatches(val_split, **batch_args)
-    if keras.backend.backend() == "tensorflow":
-        return (
-            dist.prepare_tf_dataset(train_batches.as_tf_dataset()),
-            dist.prepare_tf_dataset(val_batches.as_tf_dataset()),
-            train_batches,
+    if preset is None and prepared is not None:
+        return prepared.config
+    return get_config(preset or "default")
+
+
+def _comparable(config: TranslatorConfig) -> dict:
+    values = config_to_dict(config)
+    return {k: v for k, v in values.items() if k not in RUN_FIELDS}
+
+
+def _check_resumed_config(run_dir: Path, config: TranslatorConfig) -> None:
+    """A resumed run dir must hold the same config (the recorded inputs aside)."""
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        return
+    saved = _comparable(load_config(TranslatorConfig, config_path, app=APP_NAME))
+    changed = sorted(k for k, v in _comparable(config).items() if saved.get(k) != v)
+    if changed:
+        raise RunDirError(
+            f"run directory {run_dir} holds a run with a different config (fields: "
+            f"{', '.join(changed)}); resume it with the same options or pass a new --run-dir."
         )
-    return train_batches, val_batches, train_batches
+
+
+def _tokenised(config: TranslatorConfig, data, splits, run_dir: Path) -> Prepared:
+    """`RUN/data/`: the text tokenised once into the prepared format (reused when resuming)."""
+    data_dir = run_dir / PREPARED_DIR
+    if (data_dir / MANIFEST_FILE).is_file():
+        prepared = load_prepared(data_dir)
+        changed = [k for k in DATA_FIELDS if getattr(config, k) != getattr(prepared.config, k)]
+        recorded = prepared.manifest["data"]["sha256"]
+        if data is not None and recorded is not None and Path(data).is_file():
+            if sha256_file(Path(data)) != recorded:
+                changed.append(f"the corpus (sha256 of {data})")
+        if changed:
+            raise RunDirError(
+                f"{data_dir} was tokenised from other data or settings ({', '.join(changed)}): "
+                "resume with the same --data and options, or pass a new --run-dir."
+            )
+        return prepared
+    from apps.translator.prepare import prepare
+
+    prepare(config, data_dir, data=data, splits=splits)
+    return load_prepared(data_dir)
 
 
 def _copy_vocabulary(source: Path, destination: Path) -> None:
@@ -298,46 +253,35 @@ def _copy_vocabulary(source: Path, destination: Path) -> None:
     atomic_write_text(destination, "\n".join(tokens) + "\n")
 
 
-def _prepared_inputs(config, prepared, run_dir: Path, dist: Distribution) -> _Inputs:
-    """Pairs from prepared arrays, batched with NumPy (no TensorFlow needed)."""
-    _copy_vocabulary(prepared.vocabulary_file("source"), run_dir / SOURCE_VOCAB_FILE)
-    _copy_vocabulary(prepared.vocabulary_file("target"), run_dir / TARGET_VOCAB_FILE)
-    train_split, val_split = prepared.split("train"), prepared.split("val")
-    train, val, batches = _batches(config, train_split, val_split, dist)
+def _batches(config, prepared: Prepared, dist: Distribution):
+    """The training and validation data for `fit`, and the training `ArrayBatches`.
 
-    def evaluate(run_dir: Path) -> dict:
-        model = load_keras_model(run_dir / MODEL_FILE, compile=False)
-        if not config.eval_sentences:
-            return {}
-        return prepared_lib.evaluate_prepared(
-            model, prepared, "val", limit=config.eval_sentences, num_samples=5
-        )
-
-    return _Inputs(
-        train,
-        val,
-        len(batches),
-        len(train_split),
-        batches.label_tokens,
-        len(prepared.source_tokens),
-        len(prepared.target_tokens),
-        evaluate,
-        {"data": "prepared", "prepared": str(prepared.path)},
-        (FollowEpochs(batches),),
+    `ArrayBatches` on every backend (each epoch's order a function of the seed
+    and the epoch, also on resume: keep the training batches on Keras's epoch
+    with `FollowEpochs`); on TensorFlow handed over as `tf.data` datasets,
+    which `tf.distribute` strategies shard (by data across workers).
+    """
+    batch_args = dict(
+        batch_size=config.batch_size,
+        sequence_length=config.sequence_length,
+        bucket_by_length=config.bucket_by_length,
     )
-
-
-def _check_split_sizes(config, data, splits, prepared) -> None:
-    """`data.check_split_sizes` of the pairs training will use (before the run dir is written)."""
-    if prepared is not None:
-        counts = [prepared.manifest["splits"][name]["kept_pairs"] for name in SPLITS]
-        source = f"prepared data {prepared.path}"
-    else:
-        train_pairs = (
-            splits.train[: config.max_train_pairs] if config.max_train_pairs else splits.train
+    train_batches = ArrayBatches(
+        prepared.split("train"), shuffle=True, seed=config.seed, **batch_args
+    )
+    val_batches = ArrayBatches(prepared.split("val"), **batch_args)
+    if keras.backend.backend() == "tensorflow":
+        return (
+            dist.prepare_tf_dataset(train_batches.as_tf_dataset()),
+            dist.prepare_tf_dataset(val_batches.as_tf_dataset()),
+            train_batches,
         )
-        counts = [len(train_pairs), len(splits.val), len(splits.test)]
-        source = "the corpus" if data is None else f"data file {data}"
+    return train_batches, val_batches, train_batches
+
+
+def _check_split_sizes(config, prepared: Prepared, source: str) -> None:
+    """`data.check_split_sizes` of the pairs training will use (before the run dir is written)."""
+    counts = [prepared.manifest["splits"][name]["kept_pairs"] for name in SPLITS]
     check_split_sizes(*counts, config.batch_size, source, config.max_train_pairs)
 
 
@@ -347,7 +291,7 @@ def train(
     run_dir: str | os.PathLike | None = None,
     splits: Splits | None = None,
     verbose: str | int = "auto",
-    prepared: str | os.PathLike | prepared_lib.Prepared | None = None,
+    prepared: str | os.PathLike | Prepared | None = None,
     distribute: str = "none",
     callbacks: list | None = None,
 ) -> dict:
@@ -355,19 +299,25 @@ def train(
 
     Args:
         config: the run's configuration.
-        data: the corpus (zip or text file); `None` downloads the official archive.
+        data: the corpus (zip or text file); `None` downloads the official
+            archive. Tokenised once into `run_dir/data/` (reused on resume).
         run_dir: output folder (created; an existing one is resumed);
-            defaults to `runs/translator/<timestamp>`.
-        splits: pairs already split (tests pass slices); overrides `data`.
+            defaults to `runs/translator/<timestamp>` (`resolve_run_dir`).
+        splits: pairs already split (tests pass slices), tokenised into
+            `run_dir/data/` as `data` would be; overrides `data`.
         verbose: passed to `model.fit`.
         prepared: a folder written by `translator prepare` (or its loaded
             `Prepared`): train from its arrays, without TensorFlow. Excludes
-            `data` and `splits`; `config`'s data fields must match it.
+            `data` and `splits`; `config`'s data fields must match it
+            (`base_config` picks a config that does).
         distribute: `"none"`, `"mirrored"` or `"multiworker"` (see
             `apps.common.distribute`). With several workers only the chief
             writes `run_dir` and evaluates; the others return
             `{"worker": "worker:1", ...}`.
         callbacks: extra Keras callbacks (appended to the standard ones).
+
+    The data source (`data_path`, `data_sha256`) and `distribute` are
+    recorded in the run's `config.json`.
 
     Raises:
         RunDirError: `run_dir` (or a parent) is a file, another app's run, a
@@ -381,30 +331,37 @@ def train(
     dist.check_batch_size(config.batch_size)
     if prepared is not None and (data is not None or splits is not None):
         raise ValueError("Pass either prepared data or a corpus (data / splits), not both.")
-    if prepared is not None and not isinstance(prepared, prepared_lib.Prepared):
-        prepared = prepared_lib.load_prepared(prepared)
-    if run_dir is None:
-        run_dir = default_run_dir(APP_NAME)
-    run_dir = check_run_dir_path(run_dir, "--run-dir")
-    check_run_app(run_dir, APP_NAME, option="--run-dir")
+    run_dir = resolve_run_dir(run_dir)
     work_dir = dist.work_dir(run_dir)
-    if prepared is not None:
-        prepared_lib.check_compatible(config, prepared)
-    elif splits is None:
-        splits = load_splits(data)
-    _check_split_sizes(config, data, splits, prepared)
-    _prepare_run_dir(work_dir, config)
-    keras.utils.set_random_seed(config.seed)
-
-    if prepared is not None:
-        inputs = _prepared_inputs(config, prepared, work_dir, dist)
+    _check_resumed_config(work_dir, config)
+    if prepared is None:
+        # Tokenised once (TensorFlow); from here on a text run is a prepared one.
+        prepared = _tokenised(config, data, splits, work_dir)
+        source = prepared.manifest["data"]
+        inputs = {"data_path": source["path"], "data_sha256": source["sha256"]}
+        description = {"data": "text"}
     else:
-        inputs = _text_inputs(config, data, splits, work_dir, dist)
+        if not isinstance(prepared, Prepared):
+            prepared = load_prepared(prepared)
+        manifest_sha256 = sha256_file(prepared.path / MANIFEST_FILE)
+        inputs = {"data_path": str(prepared.path), "data_sha256": manifest_sha256}
+        description = {"data": "prepared", "prepared": str(prepared.path)}
+    check_compatible(config, prepared)
+    _check_split_sizes(config, prepared, f"prepared data {prepared.path}")
+    config = dataclasses.replace(config, **inputs, distribute=distribute)
+    if not (work_dir / CONFIG_FILE).is_file():
+        work_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, work_dir / CONFIG_FILE, app=APP_NAME)
+    _copy_vocabulary(prepared.vocabulary_file("source"), work_dir / SOURCE_VOCAB_FILE)
+    _copy_vocabulary(prepared.vocabulary_file("target"), work_dir / TARGET_VOCAB_FILE)
+    keras.utils.set_random_seed(config.seed)
+    train_data, val_data, batches = _batches(config, prepared, dist)
+    steps_per_epoch = len(batches)
 
     timer = StepTimer()
     extra_callbacks = list(callbacks or [])
     callbacks = standard_callbacks(work_dir, monitor=MONITOR, mode="min", patience=config.patience)
-    callbacks += [*inputs.callbacks, timer]
+    callbacks += [FollowEpochs(batches), timer]
     budget = None
     if config.time_budget_minutes is not None:
         # The budget is the whole run's: a resumed run has spent the logged epochs' seconds.
@@ -413,12 +370,12 @@ def train(
     callbacks += extra_callbacks
 
     with dist.scope():
-        model = build_model(config, inputs.source_vocab_size, inputs.target_vocab_size)
-        compile_model(model, config, total_steps=inputs.steps_per_epoch * config.epochs)
+        model = build_model(config, len(prepared.source_tokens), len(prepared.target_tokens))
+        compile_model(model, config, total_steps=steps_per_epoch * config.epochs)
         dist.prepare_model(model)  # clip the global gradient, count tokens over all replicas
         model.fit(
-            inputs.train,
-            validation_data=inputs.val,
+            train_data,
+            validation_data=val_data,
             epochs=config.epochs,
             callbacks=callbacks,
             shuffle=False,  # The batches are shuffled (seeded by epoch) before batching by length.
@@ -437,7 +394,7 @@ def train(
     val_loss = [float(row[MONITOR]) for row in history]
     best_epoch = int(min(range(len(val_loss)), key=val_loss.__getitem__)) if val_loss else None
     ms_per_step = timer.ms_per_step
-    tokens_per_step = inputs.train_label_tokens / max(inputs.steps_per_epoch, 1)
+    tokens_per_step = batches.label_tokens / max(steps_per_epoch, 1)
     metrics = {
         "best_epoch": None if best_epoch is None else best_epoch + 1,
         "best_val_loss": None if best_epoch is None else float(val_loss[best_epoch]),
@@ -447,8 +404,8 @@ def train(
         "epochs_run": len(val_loss),
         "stopped_by_time_budget": bool(budget and budget.stopped),
         "train_seconds": round(logged_seconds(work_dir / HISTORY_FILE), 1),
-        "train_pairs": inputs.train_pairs,
-        "steps_per_epoch": inputs.steps_per_epoch,
+        "train_pairs": len(batches.arrays[0]),
+        "steps_per_epoch": steps_per_epoch,
         "batch_size": config.batch_size,
         "ms_per_step": None if ms_per_step is None else round(ms_per_step, 2),
         "pairs_per_second": None
@@ -461,9 +418,13 @@ def train(
         "num_parameters": int(model.count_params()),
         "backend": keras.backend.backend(),
         "distribute": dist.describe(),
-        **inputs.description,
+        **description,
     }
-    scores = inputs.evaluate(run_dir)  # Also proves that the best checkpoint loads.
+    # The best checkpoint, loaded as users get it (which also proves that it loads).
+    best = load_keras_model(run_dir / MODEL_FILE, compile=False)
+    scores = {}
+    if config.eval_sentences:
+        scores = evaluate_ids(best, prepared, "val", limit=config.eval_sentences, num_samples=5)
     if scores:
         metrics["val_subset_sources"] = scores["num_sources"]
         metrics["val_subset_bleu"] = scores["bleu"]

@@ -13,6 +13,7 @@ the JAX run directory with the TensorFlow-only commands (`translate`,
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 
@@ -26,7 +27,8 @@ from apps.translator.data import read_pairs, split_pairs
 from apps.translator.decoding import compile_decoder
 from apps.translator.evaluate import evaluate_pairs
 from apps.translator.model import DECODER_INPUT, SOURCE_INPUT, TranslatorLayers
-from apps.translator.prepared import load_prepared, prepare
+from apps.translator.prepare import prepare
+from apps.translator.prepared import load_prepared
 from apps.translator.train import train
 from apps.translator.translate import ExportedTranslator, Translator
 from apps.translator.vectorization import count_words
@@ -144,6 +146,12 @@ def test_cli_trains_from_prepared_arrays_under_jax_without_tensorflow(jax_side):
         "app": "translator",  # Which app wrote the run directory.
         **json.loads((jax_side["prepared"] / "manifest.json").read_text())["config"],
         "epochs": 3,
+        # The inputs, so that the config says how to reproduce the run.
+        "data_path": str(jax_side["prepared"]),
+        "data_sha256": hashlib.sha256(
+            (jax_side["prepared"] / "manifest.json").read_bytes()
+        ).hexdigest(),
+        "distribute": "none",
     }
     with open(run_dir / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 
 from apps.common.errors import DataError, MissingFileError
+from apps.translator.batches import bucket_boundaries, make_dataset
 from apps.translator.data import (
     SPA_ENG_SHA256,
     Pair,
-    bucket_boundaries,
     check_split_sizes,
     group_references,
     load_pairs,
-    make_dataset,
     parse_pairs,
     read_pairs,
     split_of,

@@ -29,7 +29,7 @@ import pytest
 from apps.common.model_io import load_keras_model
 from apps.translator.cli import main
 from apps.translator.config import tiny
-from apps.translator.prepared import prepare
+from apps.translator.prepare import prepare
 from tests.apps.translator.conftest import write_pairs_file
 from tests.apps.translator.test_backends import short_pairs
 from tests.backend_utils import run_python_script, run_tensorflow_workers

@@ -9,23 +9,34 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from apps.common.config import config_to_dict
+from apps.common.config import config_to_dict, load_config
+from apps.common.errors import RunDirError
+from apps.common.model_io import load_keras_model
+from apps.translator.batches import ArrayBatches, make_dataset
 from apps.translator.cli import main
-from apps.translator.config import tiny
+from apps.translator.config import TranslatorConfig, tiny
 from apps.translator.data import (
     encode_pairs,
     group_references,
-    make_dataset,
     read_pairs,
     split_pairs,
 )
 from apps.translator.evaluate import evaluate_pairs
 from apps.translator.model import DECODER_INPUT, SOURCE_INPUT, build_model
-from apps.translator.prepared import ArrayBatches, PreparedSplit, load_prepared, prepare
+from apps.translator.prepare import prepare
+from apps.translator.prepared import PreparedSplit, load_prepared
 from apps.translator.train import compile_model, train
 from apps.translator.translate import Translator
-from apps.translator.vectorization import END_ID, PAD_ID, START_ID, Vocabulary, build_vocabularies
+from apps.translator.vectorization import (
+    END_ID,
+    PAD_ID,
+    RESERVED_TOKENS,
+    START_ID,
+    Vocabulary,
+    build_vocabularies,
+)
 from tests.apps.translator.conftest import corpus_slice, write_pairs_file
+from tests.backend_utils import CrashAtBatch
 
 CONFIG = dataclasses.replace(tiny(), epochs=1, eval_sentences=40)
 
@@ -263,3 +274,83 @@ def test_cli_prepare_and_train_errors(corpus, tmp_path, capsys):
         == 2
     )
     assert "max_train_pairs=None (prepared with 300)" in capsys.readouterr().err
+
+
+def _weights(run_dir):
+    return load_keras_model(run_dir / "model.keras", compile=False).get_weights()
+
+
+def test_text_run_tokenises_into_run_data_and_trains_as_a_prepared_run(
+    corpus, prepared_dir, tmp_path, monkeypatch
+):
+    config = dataclasses.replace(CONFIG, eval_sentences=0)
+    text_run, prepared_run = tmp_path / "text", tmp_path / "prepared"
+    metrics = train(config, data=corpus, run_dir=text_run, verbose=0)
+    # RUN/data/ is the folder `translator prepare` writes for the same corpus and config.
+    data_dir = text_run / "data"
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    expected = json.loads((prepared_dir / "manifest.json").read_text())
+    assert manifest["files"] == expected["files"] and manifest["splits"] == expected["splits"]
+    assert manifest["data"] == expected["data"]
+    for name in ("vocab_source.txt", "vocab_target.txt"):
+        assert (text_run / name).read_bytes() == (data_dir / name).read_bytes()
+    # config.json records the inputs (corpus path and sha256, strategy).
+    saved = json.loads((text_run / "config.json").read_text())
+    assert saved["data_path"] == str(corpus) and saved["distribute"] == "none"
+    assert saved["data_sha256"] == hashlib.sha256(corpus.read_bytes()).hexdigest()
+    assert metrics["data"] == "text"
+    # Same seed, same arrays: the same weights as training from the prepared folder.
+    train(config, prepared=prepared_dir, run_dir=prepared_run, verbose=0)
+    for a, b in zip(_weights(text_run), _weights(prepared_run), strict=True):
+        np.testing.assert_array_equal(a, b)
+    prepared_saved = json.loads((prepared_run / "config.json").read_text())
+    assert prepared_saved["data_path"] == str(prepared_dir)
+    digest = hashlib.sha256((prepared_dir / "manifest.json").read_bytes()).hexdigest()
+    assert prepared_saved["data_sha256"] == digest
+
+
+def test_resumed_text_run_reuses_run_data(corpus, tmp_path, monkeypatch):
+    import apps.translator.prepare as prepare_module
+
+    config = dataclasses.replace(CONFIG, epochs=2, eval_sentences=0)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, data=corpus, run_dir=run_dir, verbose=0, callbacks=[CrashAtBatch(1, 1)])
+    manifest = (run_dir / "data" / "manifest.json").read_bytes()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tokenised again")
+
+    monkeypatch.setattr(prepare_module, "prepare", refuse)
+    # Another corpus or other tokenisation settings do not match RUN/data/.
+    other = write_pairs_file(tmp_path / "other.txt", read_pairs(corpus)[::2])
+    with pytest.raises(RunDirError, match=r"the corpus \(sha256 of .*other.txt\)"):
+        train(config, data=other, run_dir=run_dir, verbose=0)
+    with pytest.raises(RunDirError, match=r"different config \(fields: min_count\)"):
+        train(dataclasses.replace(config, min_count=2), data=corpus, run_dir=run_dir)
+    # Also without config.json (a run stopped between tokenising and writing it).
+    saved = (run_dir / "config.json").read_bytes()
+    (run_dir / "config.json").unlink()
+    with pytest.raises(RunDirError, match=r"tokenised from other data or settings \(min_count"):
+        train(dataclasses.replace(config, min_count=2), data=corpus, run_dir=run_dir)
+    (run_dir / "config.json").write_bytes(saved)
+    metrics = train(config, data=corpus, run_dir=run_dir, verbose=0)
+    assert metrics["epochs_run"] == 2
+    assert (run_dir / "data" / "manifest.json").read_bytes() == manifest
+
+
+def test_old_run_directories_and_configs_still_load(corpus, tmp_path):
+    # A config.json from before the inputs were recorded loads with defaults.
+    run_dir = tmp_path / "old"
+    run_dir.mkdir()
+    old = {k: v for k, v in config_to_dict(CONFIG).items()}
+    for key in ("data_path", "data_sha256", "distribute"):
+        old.pop(key)
+    (run_dir / "config.json").write_text(json.dumps({"app": "translator", **old}))
+    loaded = load_config(TranslatorConfig, run_dir / "config.json", app="translator")
+    assert loaded == CONFIG and loaded.distribute == "none" and loaded.data_path is None
+    # Resuming a text run written before RUN/data/ existed tokenises into it; the
+    # vocabularies it holds must be the ones the run has (else: a new --run-dir).
+    Vocabulary([*RESERVED_TOKENS, "other"]).save(run_dir / "vocab_source.txt")
+    with pytest.raises(RunDirError, match="trained on other data; pass a new --run-dir"):
+        train(CONFIG, data=corpus, run_dir=run_dir, verbose=0)

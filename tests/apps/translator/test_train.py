@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -55,7 +56,11 @@ def test_run_directory_holds_everything_needed(tiny_run):
     source_vocab = Vocabulary.load(run_dir / "vocab_source.txt")
     assert source_vocab.tokens[:4] == RESERVED_TOKENS and source_vocab.size == 300
     saved = json.loads((run_dir / "metrics.json").read_text())
-    assert saved["epochs_run"] == 3 and saved["train_pairs"] == 4000
+    # train_pairs: the pairs trained on, those of the 4000 that fit sequence_length
+    # (RUN/data/ holds them, tokenised once).
+    counts = json.loads((run_dir / "data" / "manifest.json").read_text())["splits"]["train"]
+    assert counts["pairs"] == 4000 and 3990 <= counts["kept_pairs"] <= 4000
+    assert saved["epochs_run"] == 3 and saved["train_pairs"] == counts["kept_pairs"]
     assert saved["val_subset_sources"] == 40 and 0.0 <= saved["val_subset_bleu"] <= 100.0
     assert saved["ms_per_step"] > 0 and saved["pairs_per_second"] > 0
     assert len(saved["samples"]) == 5
@@ -129,3 +134,21 @@ def test_time_budget_stops_training():
         np.zeros((64, 2)), np.zeros((64, 1)), batch_size=8, epochs=5, callbacks=[budget], verbose=0
     )
     assert budget.stopped and len(history.history["loss"]) == 1
+
+
+def test_a_run_directory_from_before_run_data_still_translates(tiny_run, tmp_path):
+    # Written before training went through RUN/data/: no data/ folder and a
+    # config.json without the recorded inputs (data_path, data_sha256, distribute).
+    from apps.translator.translate import Translator
+
+    run_dir, _ = tiny_run
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("data", "logs"))
+    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    for key in ("data_path", "data_sha256", "distribute"):
+        del saved[key]
+    (old / "config.json").write_text(json.dumps(saved), encoding="utf-8")
+    sentences = ["Where is Tom?", "I like cats.", ""]
+    expected = Translator.from_run_dir(run_dir).translate(sentences)
+    assert Translator.from_run_dir(old).translate(sentences) == expected
+    assert expected[-1] == "" and all(expected[:2])
