@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from apps.common.errors import RunDirError, UserError
@@ -151,11 +152,15 @@ def run_state(run_dir: str | os.PathLike) -> str:
     return "fresh"
 
 
-def check_same_config(run_dir: str | os.PathLike, config, app: str) -> None:
+def check_same_config(
+    run_dir: str | os.PathLike, config, app: str, ignore: Iterable[str] = ()
+) -> None:
     """Raises `RunDirError` if `run_dir` holds a run started with another config.
 
     The saved `config.json` (if any) and `config` are compared in their JSON
-    forms (tuples and lists alike); the message names the fields that differ.
+    forms (tuples and lists alike), leaving out the fields in `ignore` (e.g.
+    where the data was read from, which may move between calls); the message
+    names the fields that differ.
     """
     from apps.common.config import config_to_dict, load_config
     from apps.common.io import to_json
@@ -166,7 +171,10 @@ def check_same_config(run_dir: str | os.PathLike, config, app: str) -> None:
     saved = load_config(type(config), path, app=app)
     old = json.loads(to_json(config_to_dict(saved)))
     new = json.loads(to_json(config_to_dict(config)))
-    changed = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
+    ignored = set(ignore)
+    changed = sorted(
+        k for k in new.keys() | old.keys() if k not in ignored and old.get(k) != new.get(k)
+    )
     if changed:
         raise RunDirError(
             f"run directory {run_dir} was started with a different config (differs in: "

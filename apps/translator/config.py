@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 
 from apps.common.config import get_preset
+from apps.common.rundir import CONFIG_FILE, MODEL_FILE  # noqa: F401  (the run directory's names)
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop")
 # The app's name in run directories (`config.json`'s "app") and on TF Serving.
@@ -32,8 +33,6 @@ APP_NAME = "translator"
 # Seconds the TF Serving client waits for each answer (`translate --server --timeout`).
 SERVING_TIMEOUT = 60.0
 # File names in a run directory; a prepared-data folder holds the same vocabulary files.
-CONFIG_FILE = "config.json"
-MODEL_FILE = "model.keras"
 SOURCE_VOCAB_FILE = "vocab_source.txt"
 TARGET_VOCAB_FILE = "vocab_target.txt"
 # The fields that decide tokenisation and which pairs are used: training from

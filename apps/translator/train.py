@@ -45,13 +45,21 @@ from pathlib import Path
 import keras
 
 from apps.common.batches import FollowEpochs
-from apps.common.callbacks import HISTORY_FILE, logged_seconds, read_history, standard_callbacks
-from apps.common.config import config_to_dict, load_config, save_config
+from apps.common.callbacks import logged_seconds, read_history, standard_callbacks
+from apps.common.config import save_config
 from apps.common.distribute import Distribution, get_distribution
 from apps.common.errors import RunDirError
 from apps.common.io import atomic_write_json, atomic_write_text
+from apps.common.machine import machine_info
 from apps.common.model_io import load_keras_model
-from apps.common.rundir import check_run_app, check_run_dir_path, default_run_dir
+from apps.common.rundir import (
+    HISTORY_FILE,
+    METRICS_FILE,
+    check_run_app,
+    check_run_dir_path,
+    check_same_config,
+    default_run_dir,
+)
 from apps.translator.batches import ArrayBatches
 from apps.translator.config import (
     APP_NAME,
@@ -79,7 +87,6 @@ from apps.translator.tokens import PAD_ID, load_tokens
 from custom_layers.losses import MaskedSparseCategoricalCrossentropy
 from custom_layers.metrics import MaskedAccuracy
 
-METRICS_FILE = "metrics.json"
 MONITOR = "val_loss"
 
 
@@ -199,25 +206,6 @@ def base_config(preset: str | None, prepared: Prepared | None = None) -> Transla
     return get_config(preset or "default")
 
 
-def _comparable(config: TranslatorConfig) -> dict:
-    values = config_to_dict(config)
-    return {k: v for k, v in values.items() if k not in RUN_FIELDS}
-
-
-def _check_resumed_config(run_dir: Path, config: TranslatorConfig) -> None:
-    """A resumed run dir must hold the same config (the recorded inputs aside)."""
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        return
-    saved = _comparable(load_config(TranslatorConfig, config_path, app=APP_NAME))
-    changed = sorted(k for k, v in _comparable(config).items() if saved.get(k) != v)
-    if changed:
-        raise RunDirError(
-            f"run directory {run_dir} holds a run with a different config (fields: "
-            f"{', '.join(changed)}); resume it with the same options or pass a new --run-dir."
-        )
-
-
 def _tokenised(config: TranslatorConfig, data, splits, run_dir: Path) -> Prepared:
     """`RUN/data/`: the text tokenised once into the prepared format (reused when resuming)."""
     data_dir = run_dir / PREPARED_DIR
@@ -333,7 +321,7 @@ def train(
         raise ValueError("Pass either prepared data or a corpus (data / splits), not both.")
     run_dir = resolve_run_dir(run_dir)
     work_dir = dist.work_dir(run_dir)
-    _check_resumed_config(work_dir, config)
+    check_same_config(work_dir, config, APP_NAME, ignore=RUN_FIELDS)
     if prepared is None:
         # Tokenised once (TensorFlow); from here on a text run is a prepared one.
         prepared = _tokenised(config, data, splits, work_dir)
@@ -417,6 +405,7 @@ def train(
         else round(tokens_per_step * 1000.0 / ms_per_step, 1),
         "num_parameters": int(model.count_params()),
         "backend": keras.backend.backend(),
+        "machine": machine_info(),
         "distribute": dist.describe(),
         **description,
     }

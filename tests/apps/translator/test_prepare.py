@@ -326,7 +326,7 @@ def test_resumed_text_run_reuses_run_data(corpus, tmp_path, monkeypatch):
     other = write_pairs_file(tmp_path / "other.txt", read_pairs(corpus)[::2])
     with pytest.raises(RunDirError, match=r"the corpus \(sha256 of .*other.txt\)"):
         train(config, data=other, run_dir=run_dir, verbose=0)
-    with pytest.raises(RunDirError, match=r"different config \(fields: min_count\)"):
+    with pytest.raises(RunDirError, match=r"different config \(differs in: min_count\)"):
         train(dataclasses.replace(config, min_count=2), data=corpus, run_dir=run_dir)
     # Also without config.json (a run stopped between tokenising and writing it).
     saved = (run_dir / "config.json").read_bytes()

@@ -69,7 +69,7 @@ def test_run_directory_holds_everything_needed(tiny_run):
 def test_resuming_with_another_config_is_refused(tiny_run, spa_splits):
     run_dir, _ = tiny_run
     other = dataclasses.replace(tiny(), epochs=3, eval_sentences=40, embed_dim=16)
-    with pytest.raises(ValueError, match=r"different config \(fields: embed_dim\)"):
+    with pytest.raises(ValueError, match=r"different config \(differs in: embed_dim\)"):
         train(other, run_dir=run_dir, splits=spa_splits)
 
 
