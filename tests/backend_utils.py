@@ -216,3 +216,22 @@ def run_tensorflow_workers(script_text, worker_args, tmp_path, timeout):
     for p, log in zip(procs, logs, strict=True):
         assert p.returncode == 0, log[-4000:]
     return logs
+
+
+class VariablesAtEpochEnd(keras.callbacks.Callback):
+    """Keeps every variable of the model (dropout seeds included) at the end of each epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs[epoch] = [np.array(v) for v in self.model.variables]
+
+
+def read_history_rows(run_dir):
+    """The rows of a run directory's `history.csv`, as dicts of strings."""
+    import csv
+
+    with open(Path(run_dir) / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))

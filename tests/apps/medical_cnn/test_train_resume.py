@@ -6,10 +6,8 @@ the last epoch (every variable, dropout seed states included), the best
 checkpoint and the run's `train_seconds`.
 """
 
-import csv
 import json
 
-import keras
 import numpy as np
 import pytest
 
@@ -18,40 +16,33 @@ from apps.medical_cnn import data as data_lib
 from apps.medical_cnn.train import train
 from tests.apps.medical_cnn.conftest import tiny_config
 from tests.apps.medical_cnn.test_backends import write_slice
-from tests.backend_utils import TENSORFLOW_SIDE_ONLY, CrashAtBatch, run_python_script
-
-
-class WeightsAtEpochEnd(keras.callbacks.Callback):
-    """Keeps every variable of the model (dropout seeds included) at the end of each epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.epochs = {}
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epochs[epoch] = [np.array(v) for v in self.model.variables]
-
-
-def _history(run_dir):
-    with open(run_dir / "history.csv", newline="") as f:
-        return list(csv.DictReader(f))
+from tests.backend_utils import (
+    TENSORFLOW_SIDE_ONLY,
+    CrashAtBatch,
+    VariablesAtEpochEnd,
+    read_history_rows,
+    run_python_script,
+)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, pneumoniamnist_npz):
     # 320 examples: 5 shuffled batches an epoch; tiny has batch norm and dropout.
     cfg = tiny_config(pneumoniamnist_npz, max_train_examples=320, epochs=3)
     args = dict(verbose=0, tensorboard=False)
-    straight = WeightsAtEpochEnd()
+    straight = VariablesAtEpochEnd()
     train(cfg, tmp_path / "straight", callbacks=[straight], **args)
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, tmp_path / "resumed", callbacks=[CrashAtBatch(epoch=1, batch=2)], **args)
-    resumed = WeightsAtEpochEnd()
+    resumed = VariablesAtEpochEnd()
     report = train(cfg, tmp_path / "resumed", callbacks=[resumed], **args)
 
     # The interrupted epoch was redone from its start, and only the epochs after it ran.
     assert sorted(resumed.epochs) == [1, 2]
-    expected, got = _history(tmp_path / "straight"), _history(tmp_path / "resumed")
+    expected, got = (
+        read_history_rows(tmp_path / "straight"),
+        read_history_rows(tmp_path / "resumed"),
+    )
     assert [row["epoch"] for row in got] == ["0", "1", "2"]
     assert list(got[0]) == list(expected[0])
     for want, have in zip(expected, got, strict=True):
@@ -102,7 +93,7 @@ import numpy as np
 
 from apps.medical_cnn.config import get_config
 from apps.medical_cnn.train import train
-from tests.backend_utils import CrashAtBatch
+from tests.backend_utils import CrashAtBatch, VariablesAtEpochEnd, read_history_rows
 
 
 class Variables(keras.callbacks.Callback):
@@ -140,7 +131,7 @@ def test_resumed_run_equals_uninterrupted_run_on_jax(tmp_path, pneumoniamnist_np
     run_python_script(JAX_SCRIPT, [data, runs, out], tmp_path, "jax", timeout=240)
     result = json.loads((out / "jax.json").read_text())
     assert result["resumed_epochs"] == [1, 2] and result["max_diff"] <= 1e-6
-    expected, got = _history(runs / "straight"), _history(runs / "resumed")
+    expected, got = read_history_rows(runs / "straight"), read_history_rows(runs / "resumed")
     assert [row["epoch"] for row in got] == ["0", "1", "2"]
     for want, have in zip(expected, got, strict=True):
         for key in want.keys() - {"epoch_seconds"}:

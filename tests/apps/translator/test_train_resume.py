@@ -1,10 +1,8 @@
 """A translator run interrupted mid-epoch and run again ends exactly like an uninterrupted one."""
 
-import csv
 import dataclasses
 import json
 
-import keras
 import numpy as np
 import pytest
 
@@ -13,23 +11,7 @@ from apps.common.model_io import load_keras_model
 from apps.translator.config import tiny
 from apps.translator.data import Splits
 from apps.translator.train import train
-from tests.backend_utils import CrashAtBatch
-
-
-class VariablesAtEpochEnd(keras.callbacks.Callback):
-    """Keeps every variable of the model (dropout seeds included) at the end of each epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.epochs = {}
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epochs[epoch] = [np.array(v) for v in self.model.variables]
-
-
-def _history(run_dir):
-    with open(run_dir / "history.csv", newline="") as f:
-        return list(csv.DictReader(f))
+from tests.backend_utils import CrashAtBatch, VariablesAtEpochEnd, read_history_rows
 
 
 def test_resumed_text_run_equals_uninterrupted_run(tmp_path, spa_splits):
@@ -48,7 +30,7 @@ def test_resumed_text_run_equals_uninterrupted_run(tmp_path, spa_splits):
     metrics = train(config, run_dir=run_dir, splits=small, verbose=0, callbacks=[resumed])
 
     assert sorted(resumed.epochs) == [1, 2]  # The interrupted epoch again, from its start.
-    want, got = _history(tmp_path / "straight"), _history(run_dir)
+    want, got = read_history_rows(tmp_path / "straight"), read_history_rows(run_dir)
     assert [row["epoch"] for row in got] == ["0", "1", "2"]
     for a, b in zip(want, got, strict=True):
         assert a.keys() == b.keys()
@@ -72,4 +54,4 @@ def test_resumed_text_run_equals_uninterrupted_run(tmp_path, spa_splits):
     # Training again in a finished run directory is refused, not appended to its history.
     with pytest.raises(RunDirError, match="holds the history of a finished training"):
         train(config, run_dir=run_dir, splits=small, verbose=0)
-    assert len(_history(run_dir)) == 3
+    assert len(read_history_rows(run_dir)) == 3
