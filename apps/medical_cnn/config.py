@@ -72,6 +72,9 @@ class MedicalCNNConfig:
     Training:
         batch_size, epochs, learning_rate, lr_schedule (`cosine` decay per
         epoch or `constant`), patience (early stopping on `val_auc`), seed.
+        distribute: the `--distribute` strategy the run was trained with
+            (recorded by `train`; a run may be resumed with another one, since
+            `batch_size` is the global batch).
 
     Filled by `train` from the data (saved in `config.json`):
         input_shape, num_classes, class_names, class_weights, pixel_mean, pixel_variance.
@@ -119,6 +122,7 @@ class MedicalCNNConfig:
     lr_schedule: str = "cosine"
     patience: int = 10
     seed: int = 42
+    distribute: str = "none"
     # Resolved from the data by `train` (None until then).
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None

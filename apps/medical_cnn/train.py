@@ -194,8 +194,8 @@ def train(
     )
     data_lib.check_training_labels(data)
     data.splits["train"] = data_lib.subsample(data["train"], config.max_train_examples, config.seed)
-    config = resolve_config(config, data)
-    check_same_config(work_dir, config, APP_NAME)
+    config = dataclasses.replace(resolve_config(config, data), distribute=distribute)
+    check_same_config(work_dir, config, APP_NAME, ignore=("distribute",))
     work_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, work_dir / CONFIG_FILE, app=APP_NAME)
 

@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -144,6 +145,13 @@ def test_train_and_export_commands(tmp_path, capsys, pneumoniamnist_npz):
     assert summary["run_dir"] == str(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     assert (config["epochs"], config["seed"], config["max_train_examples"]) == (1, 3, 300)
+    # config.json reproduces the run: which app, which data, which strategy.
+    assert (config["app"], config["dataset"], config["distribute"]) == (
+        "medical_cnn",
+        "pneumoniamnist",
+        "none",
+    )
+    assert Path(config["data_path"]).resolve() == Path(pneumoniamnist_npz).resolve()
     status, out, _ = _run(capsys, "export", "--model", run_dir, "--base", tmp_path / "sm")
     assert status == 0
     assert json.loads(out) == {"export": str(tmp_path / "sm" / "1"), "version": 1}
