@@ -53,9 +53,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from apps.common.errors import RunDirError
+from apps.common.errors import RunDirError, TrainingDivergedError
 from apps.common.io import atomic_write_json, atomic_write_text
-from apps.common.rundir import BACKUP_DIR, HISTORY_FILE, MODEL_FILE
+from apps.common.rundir import BACKUP_DIR, HISTORY_FILE, METRICS_FILE, MODEL_FILE
 
 EPOCH_SECONDS = "epoch_seconds"
 
@@ -88,6 +88,37 @@ def read_history(history_csv: str | os.PathLike) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def check_not_diverged(
+    run_dir: str | os.PathLike, advice: str, unwritten: tuple[str, ...] = (METRICS_FILE,)
+) -> None:
+    """Raises `TrainingDivergedError` if an epoch in `run_dir/history.csv` logged a non-finite loss.
+
+    `TerminateOnNaN` stops such a run, but `fit` returns normally; both apps call
+    this after training, and before training again in the same run directory,
+    so that a run that diverged ends with an error and is never finished later.
+    The history (not the last `fit`) is read, so a rerun is refused too.
+
+    Args:
+        run_dir: the run directory.
+        advice: what to do, appended to the message (e.g. "Lower the learning
+            rate (now 0.002, e.g. --learning-rate 0.0002) and train into a new
+            --run-dir.").
+        unwritten: the files of a finished run that are not written, named in
+            the message.
+    """
+    for row in read_history(Path(run_dir) / HISTORY_FILE):
+        try:
+            epoch, loss = int(row["epoch"]), float(row.get("loss") or "nan")
+        except (KeyError, ValueError):
+            continue
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"training diverged: the loss became {loss} in epoch {epoch + 1} and training "
+                f"was stopped, so {run_dir} is left unfinished (no {', no '.join(unwritten)}). "
+                f"{advice}"
+            )
 
 
 def _logged_floats(rows: list[dict[str, str]], key: str) -> list[float]:

@@ -39,7 +39,7 @@ import keras
 import numpy as np
 
 from apps.common.batches import FollowEpochs
-from apps.common.callbacks import logged_seconds, read_history, standard_callbacks
+from apps.common.callbacks import check_not_diverged, logged_seconds, standard_callbacks
 from apps.common.config import save_config
 from apps.common.distribute import get_distribution
 from apps.common.errors import RunDirError, TrainingDivergedError
@@ -234,24 +234,13 @@ def train(
 
 
 def _check_diverged(work_dir: Path, config: MedicalCNNConfig, run_dir: Path) -> None:
-    """Raises `TrainingDivergedError` if an epoch in `history.csv` ended with a non-finite loss.
-
-    The history, not the last `fit`, is read, so that running the same command
-    again on a run that diverged (which then has a history and a model but no
-    backup) refuses to finish it as well.
-    """
-    for row in read_history(work_dir / HISTORY_FILE):
-        try:
-            epoch, loss = int(row["epoch"]), float(row.get("loss") or "nan")
-        except (KeyError, ValueError):
-            continue
-        if not math.isfinite(loss):
-            raise TrainingDivergedError(
-                f"training diverged: the loss became {float(loss)} in epoch {epoch + 1} and "
-                f"training was stopped, so {run_dir} is left unfinished (no threshold.json, no "
-                f"metrics.json). Lower the learning rate (now {config.learning_rate:g}, e.g. "
-                f"--learning-rate {config.learning_rate / 10:g}) and train into a new --run-dir."
-            )
+    """`check_not_diverged`, with the advice that fits this app's options."""
+    check_not_diverged(
+        work_dir,
+        f"Lower the learning rate (now {config.learning_rate:g}, e.g. --learning-rate "
+        f"{config.learning_rate / 10:g}) and train into a new --run-dir.",
+        unwritten=(THRESHOLD_FILE, METRICS_FILE),
+    )
 
 
 def _fit(config, data, work_dir, dist, callbacks, verbose, tensorboard):

@@ -45,7 +45,12 @@ from pathlib import Path
 import keras
 
 from apps.common.batches import FollowEpochs
-from apps.common.callbacks import logged_seconds, read_history, standard_callbacks
+from apps.common.callbacks import (
+    check_not_diverged,
+    logged_seconds,
+    read_history,
+    standard_callbacks,
+)
 from apps.common.config import save_config
 from apps.common.distribute import Distribution, get_distribution
 from apps.common.errors import RunDirError
@@ -342,6 +347,12 @@ def train(
         save_config(config, work_dir / CONFIG_FILE, app=APP_NAME)
     _copy_vocabulary(prepared.vocabulary_file("source"), work_dir / SOURCE_VOCAB_FILE)
     _copy_vocabulary(prepared.vocabulary_file("target"), work_dir / TARGET_VOCAB_FILE)
+    # A run that diverged (its history shows it) is neither trained again nor finished.
+    advice = (
+        f"Lower the learning rate (learning_rate, now {config.learning_rate:g}) or lengthen "
+        f"the warm-up (warmup_steps, now {config.warmup_steps}), and train into a new --run-dir."
+    )
+    check_not_diverged(work_dir, advice)
     keras.utils.set_random_seed(config.seed)
     train_data, val_data, batches = _batches(config, prepared, dist)
     steps_per_epoch = len(batches)
@@ -370,6 +381,7 @@ def train(
             verbose=verbose,
         )
 
+    check_not_diverged(work_dir, advice)
     if not (work_dir / MODEL_FILE).is_file():
         raise RuntimeError(
             f"Training wrote no {MODEL_FILE} to {work_dir}: no epoch produced a finite {MONITOR}."
