@@ -64,6 +64,7 @@ from apps.common.rundir import (
     check_run_dir_path,
     check_same_config,
     default_run_dir,
+    run_state,
 )
 from apps.translator.batches import ArrayBatches
 from apps.translator.config import (
@@ -358,28 +359,35 @@ def train(
     steps_per_epoch = len(batches)
 
     timer = StepTimer()
-    extra_callbacks = list(callbacks or [])
-    callbacks = standard_callbacks(work_dir, monitor=MONITOR, mode="min", patience=config.patience)
-    callbacks += [FollowEpochs(batches), timer]
     budget = None
-    if config.time_budget_minutes is not None:
-        # The budget is the whole run's: a resumed run has spent the logged epochs' seconds.
-        budget = TimeBudget(config.time_budget_minutes, logged_seconds(work_dir / HISTORY_FILE))
-        callbacks.append(budget)
-    callbacks += extra_callbacks
+    # "finalize": training ended but the final figures were not written (the process
+    # stopped in between); they are computed now, without training again.
+    finalize = run_state(work_dir) == "finalize"
+    if not finalize:
+        extra_callbacks = list(callbacks or [])
+        callbacks = standard_callbacks(
+            work_dir, monitor=MONITOR, mode="min", patience=config.patience
+        )
+        callbacks += [FollowEpochs(batches), timer]
+        if config.time_budget_minutes is not None:
+            # The budget is the whole run's: a resumed run has spent the logged epochs' seconds.
+            budget = TimeBudget(config.time_budget_minutes, logged_seconds(work_dir / HISTORY_FILE))
+            callbacks.append(budget)
+        callbacks += extra_callbacks
 
     with dist.scope():
         model = build_model(config, len(prepared.source_tokens), len(prepared.target_tokens))
         compile_model(model, config, total_steps=steps_per_epoch * config.epochs)
         dist.prepare_model(model)  # clip the global gradient, count tokens over all replicas
-        model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=config.epochs,
-            callbacks=callbacks,
-            shuffle=False,  # The batches are shuffled (seeded by epoch) before batching by length.
-            verbose=verbose,
-        )
+        if not finalize:
+            model.fit(
+                train_data,
+                validation_data=val_data,
+                epochs=config.epochs,
+                callbacks=callbacks,
+                shuffle=False,  # Shuffled (seeded by epoch) before batching by length.
+                verbose=verbose,
+            )
 
     check_not_diverged(work_dir, advice)
     if not (work_dir / MODEL_FILE).is_file():

@@ -183,3 +183,21 @@ def test_a_diverged_run_fails_and_is_never_finished(tmp_path, spa_splits):
     with pytest.raises(TrainingDivergedError, match=message):
         train(config, run_dir=run_dir, splits=small, verbose=0)
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_a_run_stopped_before_its_metrics_is_finished_without_training_again(
+    tiny_run, spa_splits, tmp_path
+):
+    # Killed after the last epoch but before metrics.json: the same command again
+    # writes the figures from the saved run and trains no further epoch.
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run_dir)
+    (run_dir / "metrics.json").unlink()
+    history = (run_dir / "history.csv").read_text()
+    small = Splits(spa_splits.train[:4000], spa_splits.val[:400], spa_splits.test[:200])
+    config = load_config(TranslatorConfig, run_dir / "config.json", app="translator")
+    metrics = train(config, run_dir=run_dir, splits=small, verbose=0)
+    assert (run_dir / "history.csv").read_text() == history
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    for key in ("best_epoch", "best_val_loss", "epochs_run", "train_seconds", "val_subset_bleu"):
+        assert metrics[key] == tiny_run[1][key], key
