@@ -235,3 +235,19 @@ def read_history_rows(run_dir):
 
     with open(Path(run_dir) / "history.csv", newline="") as f:
         return list(csv.DictReader(f))
+
+
+class NaNWeightsAtEpoch(keras.callbacks.Callback):
+    """Makes every trainable weight NaN before the first batch of epoch `epoch`: the run diverges."""
+
+    def __init__(self, epoch=0):
+        super().__init__()
+        self.epoch, self.current = epoch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.current == self.epoch:
+            for weight in self.model.trainable_weights:
+                weight.assign(np.full(weight.shape, np.nan, weight.dtype))

@@ -26,6 +26,7 @@ from apps.medical_cnn.config import get_config
 from apps.medical_cnn.model import build_model
 from apps.medical_cnn.serving import predict_files_served
 from apps.medical_cnn.train import train
+from tests.backend_utils import NaNWeightsAtEpoch
 
 
 def _run(capsys, *argv):
@@ -248,23 +249,6 @@ def test_train_into_a_translator_run_is_refused(tmp_path, capsys, translator_run
     assert sorted(p.name for p in translator_run.iterdir()) == before
 
 
-class _NaNWeights(keras.callbacks.Callback):
-    """Makes every weight NaN before the first batch of epoch `epoch`: the loss is NaN then."""
-
-    def __init__(self, epoch=0):
-        super().__init__()
-        self.epoch = epoch
-        self.current = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.current == self.epoch:
-            for weight in self.model.trainable_weights:
-                weight.assign(np.full(weight.shape, np.nan, weight.dtype))
-
-
 def test_diverged_training_raises_and_leaves_the_run_unfinished(tmp_path):
     cfg = dataclasses.replace(
         get_config("tiny"), dataset="npz", data_path=str(_npz(tmp_path / "d.npz")), epochs=2
@@ -276,7 +260,7 @@ def test_diverged_training_raises_and_leaves_the_run_unfinished(tmp_path):
         r"threshold.json, no metrics.json\)\. Lower the learning rate \(now 0.003, e.g. "
         r"--learning-rate 0.0003\) and train into a new --run-dir\.",
     ):
-        train(cfg, run_dir, callbacks=[_NaNWeights()], verbose=0, tensorboard=False)
+        train(cfg, run_dir, callbacks=[NaNWeightsAtEpoch()], verbose=0, tensorboard=False)
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "threshold.json").exists()
     # Running the same command again finds the divergence in the history and still
     # does not finish the run.
@@ -293,7 +277,7 @@ def test_a_run_that_diverged_after_a_good_epoch_is_not_finished_by_a_rerun(tmp_p
     )
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingDivergedError, match="the loss became nan in epoch 2"):
-        train(cfg, run_dir, callbacks=[_NaNWeights(epoch=1)], verbose=0, tensorboard=False)
+        train(cfg, run_dir, callbacks=[NaNWeightsAtEpoch(epoch=1)], verbose=0, tensorboard=False)
     assert (run_dir / "model.keras").is_file() and not (run_dir / "backup").exists()
     with pytest.raises(TrainingDivergedError, match="the loss became nan in epoch 2"):
         train(cfg, run_dir, verbose=0, tensorboard=False)

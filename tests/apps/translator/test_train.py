@@ -20,6 +20,7 @@ from apps.translator.train import (
     train,
 )
 from apps.translator.vectorization import RESERVED_TOKENS, Vocabulary
+from tests.backend_utils import NaNWeightsAtEpoch
 
 
 def _history(run_dir):
@@ -154,22 +155,6 @@ def test_a_run_directory_from_before_run_data_still_translates(tiny_run, tmp_pat
     assert expected[-1] == "" and all(expected[:2])
 
 
-class _NaNWeightsAtEpoch(keras.callbacks.Callback):
-    """Makes every trainable weight NaN before the first batch of epoch `epoch`."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch, self.current = epoch, 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.current = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.current == self.epoch:
-            for weight in self.model.trainable_weights:
-                weight.assign(np.full(weight.shape, np.nan, weight.dtype))
-
-
 def test_a_diverged_run_fails_and_is_never_finished(tmp_path, spa_splits):
     # Epoch 1 trains (a sound model.keras is saved), epoch 2 diverges: the call
     # fails with a message, writes no metrics.json, and a rerun refuses too.
@@ -178,7 +163,7 @@ def test_a_diverged_run_fails_and_is_never_finished(tmp_path, spa_splits):
     run_dir = tmp_path / "run"
     message = r"training diverged: the loss became nan in epoch 2 .*no metrics.json.*learning_rate"
     with pytest.raises(TrainingDivergedError, match=message):
-        train(config, run_dir=run_dir, splits=small, verbose=0, callbacks=[_NaNWeightsAtEpoch(1)])
+        train(config, run_dir=run_dir, splits=small, verbose=0, callbacks=[NaNWeightsAtEpoch(1)])
     assert (run_dir / "model.keras").is_file() and not (run_dir / "metrics.json").exists()
     with pytest.raises(TrainingDivergedError, match=message):
         train(config, run_dir=run_dir, splits=small, verbose=0)
