@@ -55,6 +55,7 @@ import numpy as np
 
 from apps.common.errors import RunDirError, TrainingDivergedError
 from apps.common.io import atomic_write_json, atomic_write_text
+from apps.common.model_io import load_keras_model
 from apps.common.rundir import BACKUP_DIR, HISTORY_FILE, METRICS_FILE, MODEL_FILE
 
 EPOCH_SECONDS = "epoch_seconds"
@@ -108,27 +109,15 @@ def check_not_diverged(
         unwritten: the files of a finished run that are not written, named in
             the message.
     """
-    for row in read_history(Path(run_dir) / HISTORY_FILE):
-        try:
-            epoch, loss = int(row["epoch"]), float(row.get("loss") or "nan")
-        except (KeyError, ValueError):
-            continue
-        if not math.isfinite(loss):
+    for i, row in enumerate(read_history(Path(run_dir) / HISTORY_FILE)):
+        loss, logged_epoch = _logged_value(row, "loss"), _logged_value(row, "epoch")
+        epoch = i if logged_epoch is None else int(logged_epoch)
+        if loss is not None and not math.isfinite(loss):
             raise TrainingDivergedError(
                 f"training diverged: the loss became {loss} in epoch {epoch + 1} and training "
                 f"was stopped, so {run_dir} is left unfinished (no {', no '.join(unwritten)}). "
                 f"{advice}"
             )
-
-
-def _logged_floats(rows: list[dict[str, str]], key: str) -> list[float]:
-    values = []
-    for row in rows:
-        try:
-            values.append(float(row.get(key) or "nan"))
-        except ValueError:  # "NA" and the like
-            values.append(math.nan)
-    return values
 
 
 def _logged_value(row: dict[str, str], key: str) -> float | None:
@@ -137,6 +126,12 @@ def _logged_value(row: dict[str, str], key: str) -> float | None:
         return float(row[key])
     except (KeyError, TypeError, ValueError):  # No such column, or CSVLogger's "NA".
         return None
+
+
+def _logged_floats(rows: list[dict[str, str]], key: str) -> list[float]:
+    """`key` of every row as a float; NaN where it is missing."""
+    values = (_logged_value(row, key) for row in rows)
+    return [math.nan if v is None else v for v in values]
 
 
 def best_logged_value(history_csv: str | os.PathLike, monitor: str, mode: str) -> float | None:
@@ -417,7 +412,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         self.model.stop_training = stop_training
         self.stopped_epoch = 0
         if restore and self.best is not None and self.best_model and self.best_model.is_file():
-            best = keras.saving.load_model(self.best_model, compile=False)
+            best = load_keras_model(self.best_model, compile=False)
             self.best_weights = best.get_weights()
 
 
