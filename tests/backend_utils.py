@@ -1,11 +1,15 @@
 """Helpers shared by the tests: gradients on every backend (TensorFlow: GradientTape; JAX:
-jax.grad), child processes on a chosen backend, two-worker launches, a crashing callback."""
+jax.grad), child processes on a chosen backend, two-worker launches, crashing and diverging
+callbacks, a server that never answers."""
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import keras
@@ -251,3 +255,49 @@ class NaNWeightsAtEpoch(keras.callbacks.Callback):
         if self.current == self.epoch:
             for weight in self.model.trainable_weights:
                 weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+
+
+@contextlib.contextmanager
+def silent_server():
+    """A server on 127.0.0.1 that accepts connections and never answers; yields its URL."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop, held = threading.Event(), []
+
+    def accept_and_stay_silent():
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:  # the accept timeout, or the socket closed
+                pass
+
+    listener = threading.Thread(target=accept_and_stay_silent, daemon=True)
+    listener.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.join(5)
+        for connection in held:
+            connection.close()
+        server.close()
+
+
+def call_bounded(fn, limit=30.0):
+    """`fn()` in a thread; returns (its result, seconds), or fails the test after `limit` s.
+
+    For calls that must give up by themselves (a client's timeout): a call that
+    ignores its timeout fails the test instead of hanging it.
+    """
+    result = {}
+
+    def run():
+        start = time.monotonic()
+        result["value"] = fn()
+        result["seconds"] = time.monotonic() - start
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(limit)
+    assert not worker.is_alive(), f"the call did not return within {limit:g} s"
+    return result["value"], result["seconds"]

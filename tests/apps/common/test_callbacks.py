@@ -10,11 +10,12 @@ from apps.common.callbacks import (
     EpochBackup,
     best_logged_value,
     logged_seconds,
+    read_history,
     standard_callbacks,
     tensorboard_available,
 )
 from apps.common.errors import RunDirError
-from tests.backend_utils import CrashAtBatch
+from tests.backend_utils import CrashAtBatch, read_history_rows
 
 
 def _data(n=64):
@@ -31,8 +32,7 @@ def _model():
 
 
 def _epochs(history_csv):
-    with open(history_csv, newline="") as f:
-        return [int(row["epoch"]) for row in csv.DictReader(f)]
+    return [int(row["epoch"]) for row in read_history(history_csv)]
 
 
 def test_standard_callbacks_write_run_dir(tmp_path):
@@ -196,8 +196,8 @@ def _fit_run(run_dir, crash=None, before_backup=False):
 
 
 def _rows(run_dir):
-    with open(run_dir / "history.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    """The history's rows as floats, without the (timing) epoch_seconds column."""
+    rows = read_history_rows(run_dir)
     return [{k: float(v) for k, v in row.items() if k != "epoch_seconds"} for row in rows]
 
 
@@ -218,15 +218,14 @@ def test_resumed_fit_equals_uninterrupted_fit(tmp_path, monkeypatch, where):
             _fit_run(run_dir, CrashAtEpochEnd(3))
         else:
             # Killed while writing the backup of epoch 1: epoch 0's stays in force.
-            saves = []
+            saves, real_savez = [], np.savez
 
             def savez(*args, **kwargs):
                 saves.append(args[0])
                 if len(saves) == 2:
                     raise RuntimeError("simulated crash")
-                return np.savez.__wrapped__(*args, **kwargs)
+                return real_savez(*args, **kwargs)
 
-            savez.__wrapped__ = np.savez
             monkeypatch.setattr(np, "savez", savez)
             _fit_run(run_dir)
     monkeypatch.undo()

@@ -10,9 +10,6 @@ import dataclasses
 import inspect
 import json
 import re
-import socket
-import threading
-import time
 
 import keras
 import numpy as np
@@ -26,7 +23,7 @@ from apps.medical_cnn.config import get_config
 from apps.medical_cnn.model import build_model
 from apps.medical_cnn.serving import predict_files_served
 from apps.medical_cnn.train import train
-from tests.backend_utils import NaNWeightsAtEpoch
+from tests.backend_utils import NaNWeightsAtEpoch, call_bounded, silent_server
 
 
 def _run(capsys, *argv):
@@ -166,7 +163,7 @@ def test_labels_that_cannot_train_a_classifier(tmp_path, capsys, train_labels, v
 def test_label_7_in_pneumoniamnist_names_the_classes(tmp_path, capsys):
     data = _npz(tmp_path / "p.npz", [0, 1, 7, 1] * 8)
     status, _, err = _run(capsys, "train", "--data", data, "--run-dir", tmp_path / "run")
-    assert status == 2
+    assert status == 2 and not (tmp_path / "run").exists()
     assert _error(err) == (
         f"error: {data}: 'train_labels' holds label 7 (8 images), but PneumoniaMNIST has 2 "
         f"classes, 0 (normal) and 1 (pneumonia), so this is not PneumoniaMNIST. Correct those "
@@ -177,7 +174,7 @@ def test_label_7_in_pneumoniamnist_names_the_classes(tmp_path, capsys):
 def test_one_class_pneumoniamnist_names_the_missing_class(tmp_path, capsys):
     data = _npz(tmp_path / "p.npz", [1] * 32)
     status, _, err = _run(capsys, "train", "--data", data, "--run-dir", tmp_path / "run")
-    assert status == 2
+    assert status == 2 and not (tmp_path / "run").exists()
     assert _error(err).endswith(
         "train holds only class 1 (pneumonia); classes with no training example: 0 (normal). "
         "Add training examples of the missing class(es)."
@@ -302,8 +299,16 @@ def test_huge_learning_rate_exits_2(tmp_path, capsys):
     "flag, value, message",
     [
         ("--learning-rate", "0", "argument --learning-rate: expected a positive number, got '0'"),
-        ("--learning-rate", "nan", "argument --learning-rate: expected a positive number"),
-        ("--max-train-examples", "0", "argument --max-train-examples: expected a positive"),
+        (
+            "--learning-rate",
+            "nan",
+            "argument --learning-rate: expected a positive number, got 'nan'",
+        ),
+        (
+            "--max-train-examples",
+            "0",
+            "argument --max-train-examples: expected a positive integer, got '0'",
+        ),
     ],
 )
 def test_bad_training_numbers_are_usage_errors(tmp_path, capsys, flag, value, message):
@@ -414,6 +419,7 @@ def test_folder_and_text_given_as_images(tmp_path, capsys, untrained_run, png):
     status, out, err = _run(capsys, "predict", "--model", untrained_run, png, folder, text)
     assert status == 1  # The good file is still predicted.
     records = [json.loads(line) for line in out.strip().splitlines()]
+    assert records[0]["file"] == str(png) and "error" not in records[0]
     assert 0.0 <= records[0]["probability"] <= 1.0
     assert records[1] == {
         "file": str(folder),
@@ -456,47 +462,19 @@ def test_evaluate_data_of_another_shape(tmp_path, capsys, untrained_run):
 # -- predict --server --timeout --------------------------------------------------------------
 
 
-class _SilentServer:
-    """Accepts connections on 127.0.0.1 and never answers (a hung server)."""
-
-    def __enter__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.1)
-        self.stop, self.conns = threading.Event(), []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        return self
-
-    def _accept(self):
-        while not self.stop.is_set():
-            try:
-                self.conns.append(self.sock.accept()[0])
-            except OSError:
-                pass
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(timeout=5)
-        for conn in self.conns:
-            conn.close()
-        self.sock.close()
-
-
 def test_predict_server_timeout(capsys, png):
-    with _SilentServer() as server:
-        start = time.monotonic()
-        status, out, err = _run(capsys, "predict", "--server", server.url, "--timeout", "1", png)
-        elapsed = time.monotonic() - start
+    with silent_server() as url:
+        status, seconds = call_bounded(
+            lambda: main(["predict", "--server", url, "--timeout", "1", str(png)])
+        )
+    out, err = capsys.readouterr()
     assert (status, out) == (2, "")
     assert _error(err) == (
-        f"error: TF Serving at {server.url}/v1/models/medical_cnn/metadata did not answer within "
+        f"error: TF Serving at {url}/v1/models/medical_cnn/metadata did not answer within "
         "1 s (--timeout); the server may be overloaded or the request too large: raise "
         "--timeout SECONDS, or check the server."
     )
-    assert elapsed < 10
+    assert seconds < 10  # gave up after its 1 s timeout (and a retry or two), not after 30
 
 
 def test_timeout_flag_help_and_misuse(capsys, png):
@@ -512,3 +490,4 @@ def test_timeout_flag_help_and_misuse(capsys, png):
     with pytest.raises(SystemExit) as info:
         main(["predict", "--server", "http://127.0.0.1:1", "--timeout", "-1", str(png)])
     assert info.value.code == 2
+    assert "argument --timeout: expected a positive number, got '-1'" in capsys.readouterr().err

@@ -93,27 +93,19 @@ import numpy as np
 
 from apps.medical_cnn.config import get_config
 from apps.medical_cnn.train import train
-from tests.backend_utils import CrashAtBatch, VariablesAtEpochEnd, read_history_rows
-
-
-class Variables(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.epochs = {}
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epochs[epoch] = [np.array(v) for v in self.model.variables]
-
+from tests.backend_utils import CrashAtBatch, VariablesAtEpochEnd
 
 data, runs, out = sys.argv[1:4]
 cfg = dataclasses.replace(get_config("tiny"), dataset="npz", data_path=data, epochs=3)
 args = dict(verbose=0, tensorboard=False)
-straight, resumed = Variables(), Variables()
+straight, resumed = VariablesAtEpochEnd(), VariablesAtEpochEnd()
 train(cfg, f"{runs}/straight", callbacks=[straight], **args)
 try:
     train(cfg, f"{runs}/resumed", callbacks=[CrashAtBatch(1, 2)], **args)
 except RuntimeError as e:
     assert "simulated crash" in str(e)
+else:
+    sys.exit("the crash callback did not fire")
 report = train(cfg, f"{runs}/resumed", callbacks=[resumed], **args)
 diff = max(
     float(np.abs(a - b).max()) for a, b in zip(straight.epochs[2], resumed.epochs[2], strict=True)

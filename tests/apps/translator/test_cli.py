@@ -1,5 +1,6 @@
 """The `translator` command: input forms, awkward input (empty, over-long, not English), errors."""
 
+import inspect
 import io
 import json
 import os
@@ -10,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from apps.translator.cli import main
+from apps.translator.config import SERVING_TIMEOUT
+from apps.translator.serving import ServedTranslator
 from apps.translator.translate import Translator
+from tests.backend_utils import call_bounded, silent_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 LONG = " ".join(["word"] * 45) + "."
@@ -416,11 +420,11 @@ def test_bad_input_is_one_clear_error_line_and_writes_nothing(case, bad, capsys)
             "argument --time-budget-minutes: expected a positive number, got '-1'",
         ),
         (
-            ["translate", "--server", "http://x", "--timeout", "0"],
+            ["translate", "--server", "http://127.0.0.1:1", "--timeout", "0"],
             "argument --timeout: expected a positive number, got '0'",
         ),
         (
-            ["translate", "--server", "http://x", "--model-version", "-1"],
+            ["translate", "--server", "http://127.0.0.1:1", "--model-version", "-1"],
             "argument --model-version: expected an integer >= 0, got '-1'",
         ),
     ],
@@ -437,9 +441,11 @@ def test_translate_help_states_the_timeout_and_its_default(capsys):
         main(["translate", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert (
-        "--timeout SECONDS with --server: seconds to wait for each answer (default: 60)"
-        in help_text
+        f"--timeout SECONDS with --server: seconds to wait for each answer "
+        f"(default: {SERVING_TIMEOUT:g})" in help_text
     )
+    # The CLI's stated default is the translator client's own.
+    assert inspect.signature(ServedTranslator).parameters["timeout"].default == SERVING_TIMEOUT
 
 
 def test_one_output_line_per_input_line_whatever_the_line_breaks(tiny_run, translator):
@@ -515,47 +521,14 @@ def test_evaluate_reads_pairs_from_a_pipe(tiny_run, tmp_path, capsys):
 
 
 def test_a_server_that_never_answers_times_out_after_timeout_seconds(capsys):
-    import socket
-    import threading
-    import time
-
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.1)
-    port = server.getsockname()[1]
-    stop, held = threading.Event(), []
-
-    def accept_and_stay_silent():
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except TimeoutError:
-                pass
-
-    listener = threading.Thread(target=accept_and_stay_silent, daemon=True)
-    listener.start()
-    result = {}
-
-    def client():
-        argv = ["translate", "--server", f"http://127.0.0.1:{port}", "--timeout", "1", "Hi."]
-        start = time.monotonic()
-        result["status"] = main(argv)
-        result["seconds"] = time.monotonic() - start
-
-    worker = threading.Thread(target=client, daemon=True)
-    try:
-        worker.start()
-        worker.join(30)  # Bounded: a client that ignored --timeout fails here, never hangs.
-    finally:
-        stop.set()
-        listener.join(5)
-        for connection in held:
-            connection.close()
-        server.close()
-    assert not worker.is_alive(), "the client did not give up within 30 s"
+    with silent_server() as url:
+        status, seconds = call_bounded(
+            lambda: main(["translate", "--server", url, "--timeout", "1", "Hi."])
+        )
     err = capsys.readouterr().err
-    assert result["status"] == 2 and result["seconds"] < 10
+    assert status == 2 and seconds < 10  # gave up after its 1 s timeout, not after 60
     assert err.splitlines()[-1] == (
-        f"error: TF Serving at http://127.0.0.1:{port}/v1/models/translator:predict did not "
+        f"error: TF Serving at {url}/v1/models/translator:predict did not "
         "answer within 1 s (--timeout); the server may be overloaded or the request too large: "
         "raise --timeout SECONDS, or check the server."
     )

@@ -281,7 +281,7 @@ def _weights(run_dir):
 
 
 def test_text_run_tokenises_into_run_data_and_trains_as_a_prepared_run(
-    corpus, prepared_dir, tmp_path, monkeypatch
+    corpus, prepared_dir, tmp_path
 ):
     config = dataclasses.replace(CONFIG, eval_sentences=0)
     text_run, prepared_run = tmp_path / "text", tmp_path / "prepared"
