@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from apps.common.errors import DataError, MissingFileError, UserError
+from apps.common.errors import DataError, UserError
 from apps.common.rundir import check_folder_path
+from apps.common.textio import read_input_bytes
 from apps.medical_cnn import data as data_lib
 
 if TYPE_CHECKING:
@@ -65,14 +66,13 @@ def read_image_file(path: str | os.PathLike) -> bytes:
     Raises:
         MissingFileError: the file does not exist (a `FileNotFoundError`).
         UserError: the path is a folder.
-        DataError: the file does not start like a PNG, JPEG, BMP or GIF.
+        DataError: the file cannot be read, or does not start like a PNG, JPEG,
+            BMP or GIF.
     """
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path} is a folder, not an image file; pass the image files in it.")
-    if not path.is_file():
-        raise MissingFileError(f"image file not found: {path}")
-    data = path.read_bytes()
+    data = read_input_bytes(path, "image file")  # pipes too; a clear error when unreadable
     if image_format(data) is None:
         reason = "the file is empty" if not data else "its content is not in an image format"
         raise not_an_image(path, reason)

@@ -38,7 +38,8 @@ from apps.common.cli import (
 from apps.common.distribute import STRATEGIES
 from apps.common.errors import UserError
 from apps.common.io import atomic_write_text, to_json
-from apps.common.textio import decode_utf8, join_lines, read_input_bytes, split_lines
+from apps.common.rundir import check_folder_path
+from apps.common.textio import decode_utf8, join_lines, read_lines, split_lines
 from apps.translator.config import APP_NAME, PRESETS, SERVING_TIMEOUT
 
 
@@ -208,13 +209,6 @@ def _check_output_file(path: Path, option: str) -> None:
             raise UserError(f"{option} {path}: {parent} is a file, not a folder.")
 
 
-def _check_output_folder(path: Path, option: str) -> None:
-    """Raises `UserError` unless `path` is, or can be created as, a folder."""
-    for candidate in (path, *path.parents):
-        if candidate.exists() and not candidate.is_dir():
-            raise UserError(f"{option} {path}: {candidate} is a file, not a folder.")
-
-
 def _read_stdin() -> bytes:
     """Standard input's bytes (decoded by `_read_sentences`, so errors name the line)."""
     stdin = sys.stdin
@@ -231,10 +225,8 @@ def _read_sentences(args) -> list[str]:
     if args.text:
         return list(args.text)
     if args.input:
-        raw, name = read_input_bytes(args.input, "input file"), f"input file {args.input}"
-    else:
-        raw, name = _read_stdin(), "standard input"
-    return split_lines(decode_utf8(raw, name))
+        return read_lines(args.input, "input file")
+    return split_lines(decode_utf8(_read_stdin(), "standard input"))
 
 
 def _translate(args) -> None:
@@ -245,7 +237,7 @@ def _translate(args) -> None:
     if args.output is not None:
         _check_output_file(args.output, "--output")
     if args.attention_plot is not None:
-        _check_output_folder(args.attention_plot, "--attention-plot")
+        check_folder_path(args.attention_plot, "--attention-plot", "the attention plots")
     if args.server is not None:
         if args.attention_plot is not None:
             raise CliError("--attention-plot needs --model RUN_DIR, not --server")

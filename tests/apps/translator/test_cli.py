@@ -378,7 +378,8 @@ BAD_INPUTS = {
     ),
     "attention_plot_is_a_file": (
         ["translate", "--model", "{run}", "--attention-plot", "{file}", "Hi."],
-        "--attention-plot {file}: {file} is a file, not a folder.",
+        "--attention-plot {file}: {file} is a file, not a folder; pass a new or existing folder "
+        "for the attention plots.",
     ),
     "server_without_scheme": (
         ["translate", "--server", "localhost:8501", "Hi."],
