@@ -36,7 +36,7 @@ from apps.translator.config import get_config  # noqa: E402
 from apps.translator.data import load_splits  # noqa: E402
 from apps.translator.model import build_model  # noqa: E402
 from apps.translator.train import compile_model  # noqa: E402
-from apps.translator.vectorization import Vocabulary  # noqa: E402
+from apps.translator.vectorization import build_vocabularies  # noqa: E402
 
 
 class _Timer(keras.callbacks.Callback):
@@ -55,8 +55,7 @@ def measure(preset: str, splits, steps: int, warmup: int, jit_compile) -> dict:
     config = get_config(preset)
     keras.utils.set_random_seed(config.seed)
     train = splits.train
-    source_vocab = Vocabulary.from_texts((p.english for p in train), config.source_vocab_size)
-    target_vocab = Vocabulary.from_texts((p.spanish for p in train), config.target_vocab_size)
+    source_vocab, target_vocab = build_vocabularies(train, config)
     ds, steps_per_epoch = make_dataset(
         train,
         source_vocab,

@@ -97,7 +97,8 @@ class EpochBatches(keras.utils.PyDataset):
             raise ValueError(f"epoch must be a non-negative integer. Received: epoch={epoch!r}")
         if epoch != self.epoch:
             self.epoch = int(epoch)
-            self._plan = None
+            if self.shuffle:  # Unshuffled, every epoch has the same plan: keep it.
+                self._plan = None
 
     def on_epoch_end(self):
         # Without `FollowEpochs` the epochs simply count up; with it, Keras's

@@ -189,6 +189,10 @@ def translate_ids(
     from apps.translator.decoding import compile_decoder
     from apps.translator.model import TranslatorLayers
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(
+            f"batch_size must be a positive integer. Received: batch_size={batch_size!r}"
+        )
     layers = TranslatorLayers(model)
     decode = compile_decoder(layers)
     sources = np.asarray(sources, "int32")

@@ -1,7 +1,9 @@
 """BLEU/chrF against all references, single-reference BLEU, and the evaluation JSON."""
 
 import json
+import re
 
+import numpy as np
 import pytest
 import sacrebleu
 
@@ -68,3 +70,13 @@ def test_evaluate_on_the_test_split_writes_json_in_the_run_dir(tiny_run, spa_eng
 def test_unknown_split_is_rejected(tiny_run, spa_eng_zip):
     with pytest.raises(ValueError, match="split must be one of train, val, test"):
         evaluate(tiny_run[0], data=spa_eng_zip, split="dev")
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, True, 2.0])
+def test_translate_ids_refuses_a_bad_batch_size(batch_size):
+    # Checked before any work (0 used to fail inside range(), -1 to score BLEU 0 silently).
+    from apps.common.errors import UserError
+    from apps.translator.evaluate import translate_ids
+
+    with pytest.raises(UserError, match=re.escape(f"Received: batch_size={batch_size!r}")):
+        translate_ids(None, np.zeros((2, 4), "int32"), [], batch_size=batch_size)
