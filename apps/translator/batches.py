@@ -1,8 +1,10 @@
 """Batching token-id arrays by length: the one bucketing rule and `ArrayBatches`.
 
-Every place that groups sentences by length (training and validation batches,
+Every place that groups token ids by length (training and validation batches,
 `make_dataset`, batched decoding in `evaluate.translate_ids`) calls
-`length_buckets`, so they all cut rows to the same widths. NumPy only: a
+`length_buckets`, so they all cut rows to the same widths. (The string API,
+`translate.translate_in_batches`, only orders sentences by their length in
+characters: it hands strings to the in-graph tokeniser, before any ids exist.) NumPy only: a
 process without TensorFlow (e.g. `KERAS_BACKEND=jax`) trains and evaluates
 with it.
 

@@ -184,10 +184,32 @@ def load_prepared(path: str | os.PathLike) -> Prepared:
         raise DataError(
             f"{manifest_path} holds no valid translator config ({e}); re-run translator prepare."
         ) from e
+    _check_manifest_keys(manifest, manifest_path)
     prepared = Prepared(path, manifest, config, (), ())
     source_tokens = load_tokens(prepared.vocabulary_file("source"))
     target_tokens = load_tokens(prepared.vocabulary_file("target"))
     return dataclasses.replace(prepared, source_tokens=source_tokens, target_tokens=target_tokens)
+
+
+def _check_manifest_keys(manifest: dict, manifest_path: Path) -> None:
+    """Raises `DataError` if a (hand-edited or damaged) manifest lacks what training reads."""
+    splits = manifest.get("splits")
+    data = manifest.get("data")
+    problems = []
+    if not isinstance(manifest.get("files"), dict):
+        problems.append("'files'")
+    if not isinstance(data, dict) or not {"path", "sha256"} <= data.keys():
+        problems.append("'data' (path, sha256)")
+    if not isinstance(splits, dict) or not all(
+        isinstance(splits.get(name), dict) and isinstance(splits[name].get("kept_pairs"), int)
+        for name in SPLITS
+    ):
+        problems.append(f"'splits' ({', '.join(SPLITS)}, each with kept_pairs)")
+    if problems:
+        raise DataError(
+            f"{manifest_path} lacks or has malformed {'; '.join(problems)}; re-run "
+            "translator prepare."
+        )
 
 
 def check_compatible(config: TranslatorConfig, prepared: Prepared) -> None:

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from apps.common.config import config_to_dict, load_config
-from apps.common.errors import RunDirError
+from apps.common.errors import DataError, RunDirError
 from apps.common.model_io import load_keras_model
 from apps.translator.batches import ArrayBatches, make_dataset
 from apps.translator.cli import main
@@ -238,6 +238,10 @@ def test_damaged_or_foreign_folders_are_refused(prepared_dir, tmp_path):
     with pytest.raises(ValueError, match="train.npz does not match its sha256"):
         load_prepared(copy).split("train")
     manifest = json.loads((copy / "manifest.json").read_text())
+    edited = {k: v for k, v in manifest.items() if k != "splits"}
+    (copy / "manifest.json").write_text(json.dumps(edited))
+    with pytest.raises(DataError, match=r"lacks or has malformed 'splits' .*re-run translator"):
+        load_prepared(copy)
     manifest["format_version"] = 99
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="version 1"):
