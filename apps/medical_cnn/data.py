@@ -234,7 +234,7 @@ def load_npz(path: str | os.PathLike, splits: Sequence[str] = ("train", "val")) 
             needed where keys are concerned).
         ValueError: `splits` is not a non-empty subset of `SPLITS` (a bug).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise DataError(f"{path} is a folder, not an .npz file; pass the .npz file itself.")
     if not path.is_file():

@@ -19,7 +19,8 @@ import re
 from collections.abc import Iterable, Sequence
 
 from apps.common.errors import DataError
-from apps.common.textio import read_lines
+from apps.common.io import atomic_write_text
+from apps.common.textio import join_lines, read_lines
 
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
 RESERVED_TOKENS = (PAD, UNK, START, END)
@@ -81,6 +82,14 @@ def load_tokens(path: str | os.PathLike) -> tuple[str, ...]:
             f"vocabulary file {path} is invalid: {e}. It must be the file that training "
             "wrote (one token per line, line i = id i): copy the run directory again or retrain."
         ) from e
+
+
+def save_tokens(path: str | os.PathLike, tokens: Sequence[str]):
+    """Writes a vocabulary file (one token per line, line i = id i, UTF-8), atomically.
+
+    The one writer of the files `load_tokens` reads; returns the path.
+    """
+    return atomic_write_text(path, join_lines(check_tokens(tokens)))
 
 
 def join_tokens(words: Iterable[str]) -> str:

@@ -54,7 +54,7 @@ from apps.common.callbacks import (
 from apps.common.config import save_config
 from apps.common.distribute import Distribution, get_distribution
 from apps.common.errors import RunDirError
-from apps.common.io import atomic_write_json, atomic_write_text
+from apps.common.io import atomic_write_json
 from apps.common.machine import machine_info
 from apps.common.model_io import load_keras_model
 from apps.common.rundir import (
@@ -89,7 +89,7 @@ from apps.translator.prepared import (
     load_prepared,
     sha256_file,
 )
-from apps.translator.tokens import PAD_ID, load_tokens
+from apps.translator.tokens import PAD_ID, load_tokens, save_tokens
 from custom_layers.losses import MaskedSparseCategoricalCrossentropy
 from custom_layers.metrics import MaskedAccuracy
 
@@ -244,7 +244,7 @@ def _copy_vocabulary(source: Path, destination: Path) -> None:
                 "trained on other data; pass a new --run-dir."
             )
         return
-    atomic_write_text(destination, "\n".join(tokens) + "\n")
+    save_tokens(destination, tokens)
 
 
 def _batches(config, prepared: Prepared, dist: Distribution):

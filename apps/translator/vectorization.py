@@ -30,7 +30,6 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from apps.common.io import atomic_write_text
 from apps.translator.tokens import (  # noqa: F401  (re-exported: the ids are used everywhere)
     END,
     END_ID,
@@ -45,6 +44,7 @@ from apps.translator.tokens import (  # noqa: F401  (re-exported: the ids are us
     UNK_ID,
     check_tokens,
     load_tokens,
+    save_tokens,
 )
 
 # RE2: the characters for which str.isspace() is True (Unicode separators Z*, ASCII
@@ -169,7 +169,7 @@ class Vocabulary(tf.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes the tokens, one per line in id order (UTF-8), atomically."""
-        return atomic_write_text(path, "\n".join(self.tokens) + "\n")
+        return save_tokens(path, self.tokens)
 
     @classmethod
     def load(cls, path: str | os.PathLike, name: str | None = None) -> Vocabulary:
