@@ -192,6 +192,9 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         mode: `"max"` or `"min"`.
         initial_value_threshold: best value seen before this `fit` call (e.g.
             by the run that is being resumed); only better values are saved.
+
+    With `monitor=None` the model of every epoch is saved (the file holds the
+    last epoch whose loss was finite): no choice is made on validation data.
     """
 
     def __init__(self, filepath, monitor="val_loss", mode="min", initial_value_threshold=None):
@@ -210,6 +213,9 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         return value > self.best if self.mode == "max" else value < self.best
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.monitor is None:
+            self._save(logs)
+            return
         value = (logs or {}).get(self.monitor)
         if value is None:
             raise KeyError(
@@ -219,12 +225,16 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         value = float(value)
         if math.isnan(value) or not self._improved(value):
             return
+        if self._save(logs):
+            self.best = value
+
+    def _save(self, logs) -> bool:
+        """Writes the model atomically unless the epoch's loss is not finite."""
         # An epoch whose training loss is not finite (it diverged; TerminateOnNaN
         # stops it) has weights that are not a model, whatever its metric says.
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            return
-        self.best = value
+            return False
         self.filepath.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.filepath.with_name(f".{self.filepath.stem}.tmp.keras")
         try:
@@ -233,6 +243,7 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         finally:
             if tmp.exists():
                 tmp.unlink()
+        return True
 
 
 class EpochSeconds(keras.callbacks.Callback):
@@ -423,6 +434,7 @@ def standard_callbacks(
     patience: int,
     lr_schedule: Callable[[int, float], float] | None = None,
     tensorboard: bool = True,
+    select_best: bool = True,
 ) -> list[keras.callbacks.Callback]:
     """Returns the callbacks for a resumable training run writing into `run_dir`.
 
@@ -445,6 +457,11 @@ def standard_callbacks(
         tensorboard: also write TensorBoard logs to `run_dir/logs`. Needs the
             `tensorboard` package and TensorFlow; without them a warning is
             issued and the other callbacks still run.
+        select_best: keep the epoch with the best `monitor` and stop early
+            after `patience` epochs without improvement. With `False` every
+            epoch runs and `model.keras` holds the last one, so the validation
+            data only reports (cross-validation folds, whose held-out part must
+            not choose the model it then measures).
 
     Returns:
         A list to pass as `model.fit(..., callbacks=...)`; data whose order
@@ -474,22 +491,27 @@ def standard_callbacks(
         # First: it times the epoch and adds epoch_seconds to the logs the others record.
         EpochSeconds(),
         keras.callbacks.TerminateOnNaN(),
-        AtomicModelCheckpoint(
-            best_model,
-            monitor=monitor,
-            mode=mode,
-            initial_value_threshold=best_logged_value(history_csv, monitor, mode),
-        ),
-        ResumableEarlyStopping(
-            logged=[_logged_value(row, monitor) for row in rows],
-            best_model=best_model,
-            monitor=monitor,
-            mode=mode,
-            patience=patience,
-            restore_best_weights=True,
-        ),
-        keras.callbacks.CSVLogger(str(history_csv), append=True),
     ]
+    if select_best:
+        callbacks += [
+            AtomicModelCheckpoint(
+                best_model,
+                monitor=monitor,
+                mode=mode,
+                initial_value_threshold=best_logged_value(history_csv, monitor, mode),
+            ),
+            ResumableEarlyStopping(
+                logged=[_logged_value(row, monitor) for row in rows],
+                best_model=best_model,
+                monitor=monitor,
+                mode=mode,
+                patience=patience,
+                restore_best_weights=True,
+            ),
+        ]
+    else:
+        callbacks.append(AtomicModelCheckpoint(best_model, monitor=None))
+    callbacks.append(keras.callbacks.CSVLogger(str(history_csv), append=True))
     if lr_schedule is not None:
         callbacks.append(keras.callbacks.LearningRateScheduler(lr_schedule))
     # After the row and the checkpoint of an epoch: a backup saying the epoch is done

@@ -102,6 +102,8 @@ def load_run(model_or_run_dir: str | os.PathLike, compile: bool = False) -> Load
     check_run_app(given if given.is_dir() else given.parent, APP_NAME, option="--model")
     model_path = resolve_model_path(given)
     folder = model_path.parent
+    import apps.medical_cnn.ensemble  # noqa: F401  (registers the ensemble's layers)
+
     model = load_keras_model(model_path, compile=compile)
     check_image_classifier(model, model_path)
     config = None

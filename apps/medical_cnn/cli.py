@@ -1,8 +1,10 @@
 """`medical-cnn`: train, evaluate, predict and export the chest X-ray classifier.
 
 ```
-medical-cnn train [--data PATH | --dataset tfds:NAME] [--preset default] [--epochs N]
+medical-cnn train [--data PATH | --dataset tfds:NAME] [--preset default|best|tiny] [--epochs N]
                   [--run-dir DIR] [--seed N] [--learning-rate LR] [--max-train-examples N]
+                  [--folds K] [--tta | --no-tta] [--threshold-method youden|sensitivity]
+                  [--target-sensitivity S]
 medical-cnn evaluate --model RUN_DIR_OR_MODEL [--data PATH] [--split val] [--out FILE]
 medical-cnn predict --model RUN_DIR_OR_MODEL IMAGE... [--explain OUT_DIR]
 medical-cnn predict --server URL [--model-name medical_cnn] [--model-version N]
@@ -64,6 +66,33 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="override the preset's learning rate (lower it if training diverges)",
     )
+    train.add_argument(
+        "--folds",
+        type=positive_int,
+        default=None,
+        help="K >= 2: K-fold cross-validation over train+val; threshold and figures from the "
+        "out-of-fold predictions, and the K fold models saved as one ensemble model "
+        "(1: one model, threshold on val; default: the preset's)",
+    )
+    train.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the ensemble also averages over the image shifted a few pixels "
+        "(test-time augmentation; needs --folds >= 2; default: the preset's)",
+    )
+    train.add_argument(
+        "--threshold-method",
+        default=None,
+        choices=("youden", "sensitivity"),
+        help="decision threshold: maximise Youden's J, or keep --target-sensitivity",
+    )
+    train.add_argument(
+        "--target-sensitivity",
+        type=positive_float,
+        default=None,
+        help="with --threshold-method sensitivity: the sensitivity to keep (e.g. 0.95)",
+    )
     train.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     train.add_argument(
         "--distribute",
@@ -115,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from apps.common.config import apply_overrides
     from apps.medical_cnn.config import get_config
+    from apps.medical_cnn.crossval import train_folds
     from apps.medical_cnn.train import train
 
     dataset = args.dataset
@@ -134,19 +164,31 @@ def _train(args) -> int:
         seed=args.seed,
         max_train_examples=args.max_train_examples,
         learning_rate=args.learning_rate,
+        folds=args.folds,
+        tta=args.tta,
+        threshold_method=args.threshold_method,
+        target_sensitivity=args.target_sensitivity,
     )
+    if args.target_sensitivity is not None and cfg.threshold_method != "sensitivity":
+        raise CliError("--target-sensitivity needs --threshold-method sensitivity.")
     run_dir = args.run_dir if args.run_dir is not None else default_run_dir(APP_NAME)
     print(f"run directory: {run_dir}", file=sys.stderr)
-    report = train(cfg, run_dir, verbose=0 if args.quiet else 2, distribute=args.distribute)
+    fit = train_folds if cfg.folds > 1 else train
+    report = fit(cfg, run_dir, verbose=0 if args.quiet else 2, distribute=args.distribute)
     if "worker" in report:  # A non-chief worker: the chief writes the run directory.
         print(to_json({"run_dir": str(run_dir), "worker": report["worker"]}))
         return 0
-    summary = {k: report.get(k) for k in ("auc", "threshold", "train_seconds")}
+    summary = {k: report.get(k) for k in ("auc", "threshold", "train_seconds", "ece")}
+    if report.get("ece") is None:
+        del summary["ece"]
     if "at_threshold" in report:
         summary.update(
             {k: report["at_threshold"][k] for k in ("accuracy", "sensitivity", "specificity")}
         )
-    print(to_json({"run_dir": str(run_dir), "val": summary}))
+    if "intervals_95" in report:
+        summary["intervals_95"] = report["intervals_95"]
+    # Cross-validated runs report out-of-fold figures, single runs validation ones.
+    print(to_json({"run_dir": str(run_dir), report["split"]: summary}))
     return 0
 
 

@@ -7,8 +7,10 @@ imbalance handling, optimisation); `train` saves the resolved config as
 
 Presets:
 - `tiny`: a few thousand parameters and 28x28 input; trains in seconds, for tests.
-- `default`: the model the benchmark reports; trains in under 5 minutes on a
-  2-core CPU.
+- `default`: one model, threshold on the validation split; trains in under 5
+  minutes on a 2-core CPU without AVX-512.
+- `best`: the 5-fold cross-validated ensemble of `default` models with
+  test-time shifts and calibration; the one to pick for quality.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ POOLING_CHOICES = ("max", "average", "l2", "distance_weighted")
 LOSS_CHOICES = ("bce", "focal", "gce", "weighted_bce")
 IMBALANCE_CHOICES = ("class_weight", "none")
 LR_SCHEDULE_CHOICES = ("cosine", "constant")
+THRESHOLD_CHOICES = ("youden", "sensitivity")
 
 
 @dataclasses.dataclass
@@ -72,6 +75,20 @@ class MedicalCNNConfig:
     Training:
         batch_size, epochs, learning_rate, lr_schedule (`cosine` decay per
         epoch or `constant`), patience (early stopping on `val_auc`), seed.
+
+    Cross-validation and ensembling (see `crossval.py`):
+        folds: 1 trains one model on train and picks the threshold on val;
+            K >= 2 pools train + val, trains one model per stratified fold,
+            and takes the threshold, calibration and figures from the
+            out-of-fold predictions; `model.keras` is then the ensemble of
+            the K fold models (`ensemble.build_ensemble`).
+        tta / tta_shift: the ensemble also averages over the image shifted by
+            `tta_shift` pixels left, right, up and down.
+        calibrate: fit a temperature on the out-of-fold predictions and put
+            it in the ensemble (`--folds` only).
+        threshold_method / target_sensitivity: the decision threshold
+            maximises Youden's J (`youden`) or is the most specific one that
+            keeps `target_sensitivity` (`sensitivity`).
         distribute: the `--distribute` strategy the run was trained with
             (recorded by `train`; a run may be resumed with another one, since
             `batch_size` is the global batch).
@@ -93,7 +110,7 @@ class MedicalCNNConfig:
     max_train_examples: int | None = None
     # Model
     input_size: int = 28
-    filters: tuple[int, ...] = (32, 64, 128)
+    filters: tuple[int, ...] = (24, 48, 96)
     convs_per_stage: int = 2
     pooling: str = "max"
     activation: str = "relu"
@@ -123,6 +140,13 @@ class MedicalCNNConfig:
     patience: int = 10
     seed: int = 42
     distribute: str = "none"
+    # Cross-validation and ensembling
+    folds: int = 1
+    tta: bool = False
+    tta_shift: int = 2
+    calibrate: bool = True
+    threshold_method: str = "youden"
+    target_sensitivity: float = 0.95
     # Resolved from the data by `train` (None until then).
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
@@ -136,6 +160,7 @@ class MedicalCNNConfig:
         _check_choice("loss", self.loss, LOSS_CHOICES)
         _check_choice("imbalance", self.imbalance, IMBALANCE_CHOICES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULE_CHOICES)
+        _check_choice("threshold_method", self.threshold_method, THRESHOLD_CHOICES)
         if not (self.dataset in ("pneumoniamnist", "npz") or self.dataset.startswith("tfds:")):
             raise UserError(
                 "dataset must be 'pneumoniamnist', 'npz' or 'tfds:NAME'. "
@@ -143,7 +168,15 @@ class MedicalCNNConfig:
             )
         if self.dataset == "npz" and not self.data_path:
             raise UserError("dataset='npz' needs data_path (pass --data PATH).")
-        for name in ("input_size", "convs_per_stage", "batch_size", "epochs", "patience"):
+        for name in (
+            "input_size",
+            "convs_per_stage",
+            "batch_size",
+            "epochs",
+            "patience",
+            "folds",
+            "tta_shift",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"{name} must be a positive integer. Received: {name}={value!r}")
@@ -178,6 +211,16 @@ class MedicalCNNConfig:
             raise UserError(
                 f"loss={self.loss!r} already balances the classes; combine it with "
                 f"imbalance='none' (received imbalance='class_weight')."
+            )
+        if self.folds == 1 and self.tta:
+            raise UserError(
+                "tta averages the fold models over shifted views; it needs folds >= 2 "
+                "(received folds=1, tta=True)."
+            )
+        if not 0.0 < self.target_sensitivity <= 1.0:
+            raise UserError(
+                f"target_sensitivity must be in (0, 1]. Received: "
+                f"target_sensitivity={self.target_sensitivity!r}"
             )
         if self.focal_alpha is not None and not 0.0 <= self.focal_alpha <= 1.0:
             raise UserError(f"focal_alpha must be in [0, 1]. Received: {self.focal_alpha!r}")
@@ -215,9 +258,21 @@ def default() -> MedicalCNNConfig:
     return MedicalCNNConfig()
 
 
-PRESETS = {"tiny": tiny, "default": default}
+def best() -> MedicalCNNConfig:
+    """The quality preset: 5-fold cross-validated ensemble of `default` models, with TTA.
+
+    Five `default` models, one per stratified fold of train + val, averaged
+    with test-time shifts into one calibrated model; the threshold and the
+    reported figures come from the out-of-fold predictions. See
+    `benchmarks/medical_cv_study.py` for the choices, and the README for its
+    time on a 2-core CPU without AVX-512.
+    """
+    return dataclasses.replace(default(), folds=5, tta=True)
+
+
+PRESETS = {"tiny": tiny, "default": default, "best": best}
 
 
 def get_config(name: str) -> MedicalCNNConfig:
-    """Returns a fresh config for the preset `name` (`tiny` or `default`)."""
+    """Returns a fresh config for the preset `name` (`tiny`, `default` or `best`)."""
     return get_preset(PRESETS, name)

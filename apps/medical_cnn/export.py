@@ -17,6 +17,12 @@ is none), the one `label` is computed with (`label = probability >= threshold`).
 It is float64 so that a client prints it exactly as stored, and it travels with
 every prediction so that a served answer carries what a local one does.
 
+The version folder also holds `assets.extra/model_info.json`: what the
+model is (`ensemble.ensemble_info`: members, test-time views and shift,
+temperature), its threshold and class names, so that whoever serves it can
+tell a TTA ensemble from a single model without loading it. (TF Serving
+copies `assets.extra/` along and ignores files it does not know.)
+
 The version folder is written by `apps.common.export.export_versioned`: a
 temporary folder renamed to `<base>/<next integer>` only when complete.
 """
@@ -30,9 +36,13 @@ import keras
 
 from apps.common.errors import UserError
 from apps.common.export import check_base_dir, export_versioned
+from apps.common.io import atomic_write_json
 from apps.common.rundir import check_folder_path
 from apps.medical_cnn import data as data_lib
 from apps.medical_cnn.artifacts import LoadedRun, load_run
+from apps.medical_cnn.ensemble import ensemble_info
+
+MODEL_INFO_FILE = Path("assets.extra") / "model_info.json"
 
 DEFAULT_BASE = Path("saved_models") / "medical_cnn"
 
@@ -90,6 +100,15 @@ def write_saved_model(run: LoadedRun, path: str | os.PathLike) -> None:
         input_signature=[tf.TensorSpec((None, height, width, channels), tf.float32, name="pixels")],
     )
     archive.write_out(os.fspath(path), verbose=False)
+    atomic_write_json(
+        Path(path) / MODEL_INFO_FILE,
+        {
+            **ensemble_info(model),
+            "threshold": run.threshold if binary else None,
+            "class_names": list(run.class_names),
+            "input_shape": [height, width, channels],
+        },
+    )
 
 
 def export(

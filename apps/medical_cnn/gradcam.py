@@ -5,6 +5,13 @@ For a class score `y` and the feature maps `A_k` of the last `ConvBlock`,
 `dy / dA_k`, scaled to [0, 1] per image. The explained score is the predicted
 class's probability (for a sigmoid output: `p` for label 1, `1 - p` for label 0).
 
+For an ensemble (`ensemble.build_ensemble`) the explained score is the mean of
+its members' probabilities on the image as given (test-time shifts would move
+the feature maps, and the temperature is monotone, so neither changes where
+the evidence lies), and the last blocks of all members count as one layer:
+`heatmap = ReLU(sum_m sum_k alpha_mk A_mk)`, with `alpha_mk` from the gradient
+of that mean. Members share the architecture, so their maps align.
+
 Gradients use TensorFlow's `GradientTape`, so Grad-CAM needs the TensorFlow
 backend (prediction itself does not).
 
@@ -22,7 +29,20 @@ import keras
 import numpy as np
 
 from apps.common.io import atomic_write_bytes
+from apps.medical_cnn.ensemble import ensemble_members
 from apps.medical_cnn.model import last_conv_block
+
+
+def explained_layers(
+    model: keras.Model, layer_name: str | None = None
+) -> list[tuple[keras.Model, keras.layers.Layer]]:
+    """`(model, layer)` pairs Grad-CAM reads: the model's last `ConvBlock`, or each member's.
+
+    Raises:
+        ValueError: a model (or member) has no `ConvBlock` (or no `layer_name`).
+    """
+    members = ensemble_members(model) or [model]
+    return [(m, m.get_layer(layer_name) if layer_name else last_conv_block(m)) for m in members]
 
 
 def gradcam(
@@ -43,6 +63,9 @@ def gradcam(
     Returns:
         `(heatmaps, probabilities)`: heatmaps `(batch, h, w)` in [0, 1] at the
         layer's resolution, and the model's output `(batch, units)`.
+
+    With a `class_index` of None the explained class of an ensemble is the one
+    its members' mean predicts (at 0.5 for a sigmoid output).
     """
     if keras.backend.backend() != "tensorflow":
         raise NotImplementedError(
@@ -51,11 +74,13 @@ def gradcam(
         )
     import tensorflow as tf
 
-    layer = model.get_layer(layer_name) if layer_name else last_conv_block(model)
-    grad_model = keras.Model(model.inputs, [layer.output, model.output])
+    explained = explained_layers(model, layer_name)
+    grad_models = [keras.Model(m.inputs, [layer.output, m.output]) for m, layer in explained]
     x = tf.convert_to_tensor(np.asarray(images, "float32"))
     with tf.GradientTape() as tape:
-        features, probabilities = grad_model(x, training=False)
+        outputs = [grad_model(x, training=False) for grad_model in grad_models]
+        features = [f for f, _ in outputs]
+        probabilities = tf.add_n([p for _, p in outputs]) / float(len(outputs))
         if probabilities.shape[-1] == 1:
             p = probabilities[:, 0]
             if class_index is None:
@@ -70,8 +95,13 @@ def gradcam(
                 idx = tf.broadcast_to(tf.cast(class_index, tf.int32), tf.shape(probabilities)[:1])
             score = tf.gather(probabilities, idx, axis=1, batch_dims=1)
     grads = tape.gradient(score, features)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
+    cam = 0.0
+    for grad, feature in zip(grads, features, strict=True):
+        weights = tf.reduce_mean(grad, axis=(1, 2), keepdims=True)
+        cam += tf.reduce_sum(weights * feature, axis=-1)
+    cam = tf.nn.relu(cam).numpy()
+    if explained[0][0] is not model:
+        probabilities = model(x, training=False)  # The ensemble's own output.
     peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
     cam = np.where(peak > 0, cam / np.where(peak > 0, peak, 1.0), 0.0)
     return cam.astype("float32"), probabilities.numpy()

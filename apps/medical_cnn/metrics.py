@@ -162,3 +162,64 @@ def classification_report(y_true, probabilities, threshold: float | None = None)
     report = multiclass_measures(y_true, probabilities)
     report["num_examples"] = int(len(y_true))
     return report
+
+
+def sensitivity_threshold(y_true, y_score, target: float) -> float:
+    """The highest threshold whose sensitivity on these scores is at least `target`.
+
+    Screening tools fix the share of sick patients they may miss; this picks
+    the most specific cut that still finds `target` of the positives
+    (midpoint to the next lower distinct score, as `youden_threshold` does).
+    """
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target sensitivity must be in (0, 1]. Received: {target!r}")
+    _, tpr, thresholds = roc_curve(y_true, y_score)
+    best = int(np.flatnonzero(tpr >= target - 1e-12)[0])
+    cut = thresholds[best]
+    if best + 1 < len(thresholds):
+        return float((cut + thresholds[best + 1]) / 2.0)
+    return float(cut)
+
+
+def choose_threshold(
+    y_true, y_score, method: str = "youden", target_sensitivity: float = 0.95
+) -> tuple[float, str]:
+    """The decision threshold by `method` (`youden` or `sensitivity`), and its recorded name."""
+    if method == "sensitivity":
+        return (
+            sensitivity_threshold(y_true, y_score, target_sensitivity),
+            f"sensitivity>={target_sensitivity:g}",
+        )
+    if method != "youden":
+        raise ValueError(f"method must be 'youden' or 'sensitivity'. Received: {method!r}")
+    return youden_threshold(y_true, y_score), "youden_j"
+
+
+def bootstrap_intervals(
+    y_true, y_score, threshold: float, samples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict:
+    """Percentile bootstrap intervals of AUC, accuracy, sensitivity and specificity.
+
+    Resamples the examples with replacement, stratified by class (each
+    resample keeps the class counts, so every one has both classes and the
+    AUC is defined), `samples` times with a seeded generator; the threshold
+    is held fixed (it was chosen before). Returns `{name: [low, high]}`.
+    """
+    y_true, y_score = _as_binary(y_true, y_score)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y_true == 1), np.flatnonzero(y_true == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError("bootstrap intervals need both classes in y_true.")
+    values = {"auc": [], "accuracy": [], "sensitivity": [], "specificity": []}
+    for _ in range(samples):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        t, s = y_true[idx], y_score[idx]
+        values["auc"].append(roc_auc(t, s))
+        m = binary_measures(t, s, threshold)
+        for name in ("accuracy", "sensitivity", "specificity"):
+            values[name].append(m[name])
+    tail = (1.0 - level) / 2.0 * 100.0
+    return {
+        name: [float(np.percentile(v, tail)), float(np.percentile(v, 100.0 - tail))]
+        for name, v in values.items()
+    }

@@ -172,10 +172,10 @@ def predict_files(
             )
     run = model if isinstance(model, LoadedRun) else load_run(model)
     if explain_dir is not None:
-        from apps.medical_cnn.model import last_conv_block
+        from apps.medical_cnn.gradcam import explained_layers
 
         try:
-            last_conv_block(run.model)
+            explained_layers(run.model)
         except ValueError:
             raise UserError(
                 f"--explain: {run.model_path} has no ConvBlock layer for Grad-CAM to explain; "

@@ -14,8 +14,10 @@ A run directory holds:
 config.json        resolved config (data-derived fields included)
 model.keras        best model on validation AUC (written atomically while training)
 history.csv        one row per epoch, with its epoch_seconds (continued when a run resumes)
-threshold.json     decision threshold maximising Youden's J on the validation split
-metrics.json       validation measures at that threshold and at 0.5, timings
+threshold.json     decision threshold on the validation split (maximising Youden's J,
+                   or keeping a target sensitivity: `threshold_method`)
+metrics.json       validation measures at that threshold and at 0.5, the expected
+                   calibration error (ece), timings
                    (train_seconds: the sum of epoch_seconds, every epoch of the run)
 plots/             training_curves.png, roc_val.png, confusion_matrix_val.png
 logs/              TensorBoard logs (when tensorboard and TensorFlow are installed)
@@ -56,9 +58,9 @@ from apps.common.rundir import (
     check_same_config,
     run_state,
 )
+from apps.medical_cnn import calibration, plots
 from apps.medical_cnn import data as data_lib
 from apps.medical_cnn import metrics as metrics_lib
-from apps.medical_cnn import plots
 from apps.medical_cnn.artifacts import APP_NAME, THRESHOLD_FILE
 from apps.medical_cnn.config import MedicalCNNConfig
 from apps.medical_cnn.model import build_model, compile_model
@@ -111,8 +113,11 @@ def finalize_run(run_dir: Path, config: MedicalCNNConfig, val: data_lib.ImageSpl
     threshold = None
     if config.num_classes == 2:
         scores = probabilities.reshape(-1)
+        method = "fixed_0.5"  # Without both classes in val there is nothing to choose on.
         if len(np.unique(val.labels)) == 2:
-            threshold = metrics_lib.youden_threshold(val.labels, scores)
+            threshold, method = metrics_lib.choose_threshold(
+                val.labels, scores, config.threshold_method, config.target_sensitivity
+            )
             fpr, tpr, _ = metrics_lib.roc_curve(val.labels, scores)
             report = metrics_lib.classification_report(val.labels, scores, threshold)
             at = report["at_threshold"]
@@ -129,7 +134,7 @@ def finalize_run(run_dir: Path, config: MedicalCNNConfig, val: data_lib.ImageSpl
             report = metrics_lib.classification_report(val.labels, scores, threshold)
         atomic_write_json(
             run_dir / THRESHOLD_FILE,
-            {"threshold": threshold, "method": "youden_j", "split": "val"},
+            {"threshold": threshold, "method": method, "split": "val"},
         )
         cm = report["at_threshold"]["confusion_matrix"]
     else:
@@ -139,7 +144,9 @@ def finalize_run(run_dir: Path, config: MedicalCNNConfig, val: data_lib.ImageSpl
         cm, config.class_names, plots_dir / "confusion_matrix_val.png", "Confusion matrix (val)"
     )
     plots.plot_training_curves(run_dir / HISTORY_FILE, plots_dir / "training_curves.png")
-    return {"split": "val", "threshold": threshold, **report}
+    # How far the probabilities are from frequencies (uncalibrated: see crossval.py).
+    ece = calibration.expected_calibration_error(val.labels, probabilities)
+    return {"split": "val", "threshold": threshold, **report, "ece": ece}
 
 
 def train(
@@ -149,6 +156,8 @@ def train(
     verbose: int | str = 2,
     tensorboard: bool = True,
     distribute: str = "none",
+    data: data_lib.ImageData | None = None,
+    select_best: bool = True,
 ) -> dict:
     """Trains `config` and writes the run directory; returns the metrics written.
 
@@ -164,6 +173,10 @@ def train(
             With several workers only the chief writes `run_dir` and
             finalises the run; the other workers return
             `{"worker": "worker:1", ...}` without metrics.
+        data: the `train` and `val` splits to use instead of loading
+            `config`'s data (cross-validation passes each fold's).
+        select_best: keep the epoch with the best validation AUC (and stop
+            early); `False` keeps the last epoch, so that `val` only reports.
 
     Raises:
         RunDirError: the run directory is a file (or under one), another
@@ -189,11 +202,8 @@ def train(
             f"choose another --run-dir."
         )
     keras.utils.set_random_seed(config.seed)
-    data = data_lib.load_data(
-        config.dataset, config.data_path, ("train", "val"), config.tfds_image_size
-    )
-    data_lib.check_training_labels(data)
-    data.splits["train"] = data_lib.subsample(data["train"], config.max_train_examples, config.seed)
+    if data is None:
+        data = load_training_data(config)
     config = dataclasses.replace(resolve_config(config, data), distribute=distribute)
     check_same_config(work_dir, config, APP_NAME, ignore=("distribute",))
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +215,7 @@ def train(
     if state != "finalize":
         if state == "resume":
             print(f"resuming the unfinished run in {work_dir}")
-        history = _fit(config, data, work_dir, dist, callbacks, verbose, tensorboard)
+        history = _fit(config, data, work_dir, dist, callbacks, verbose, tensorboard, select_best)
         epochs_run = len(history.history.get("loss", []))
         _check_diverged(work_dir, config, run_dir)
         if not (work_dir / MODEL_FILE).is_file():
@@ -243,7 +253,17 @@ def _check_diverged(work_dir: Path, config: MedicalCNNConfig, run_dir: Path) -> 
     )
 
 
-def _fit(config, data, work_dir, dist, callbacks, verbose, tensorboard):
+def load_training_data(config: MedicalCNNConfig) -> data_lib.ImageData:
+    """The train and val splits of `config`'s data, checked, train subsampled if asked."""
+    data = data_lib.load_data(
+        config.dataset, config.data_path, ("train", "val"), config.tfds_image_size
+    )
+    data_lib.check_training_labels(data)
+    data.splits["train"] = data_lib.subsample(data["train"], config.max_train_examples, config.seed)
+    return data
+
+
+def _fit(config, data, work_dir, dist, callbacks, verbose, tensorboard, select_best=True):
     """Builds, compiles and fits the model inside the distribution's scope."""
     # Batches of the global batch size. On JAX every batch is split evenly over the
     # devices: training drops the few examples that do not fit, validation pads.
@@ -284,6 +304,7 @@ def _fit(config, data, work_dir, dist, callbacks, verbose, tensorboard):
                 config.patience,
                 lr_schedule=cosine_schedule(config),
                 tensorboard=tensorboard,
+                select_best=select_best,
             )
             + [follow_epochs, *(callbacks or [])],
             verbose=verbose,

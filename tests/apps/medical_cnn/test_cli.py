@@ -172,3 +172,82 @@ def test_module_entry_point(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: model not found: nowhere.keras (expected a run directory or a .keras file)"
     )
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--tta"], "tta averages the fold models over shifted views; it needs folds >= 2"),
+        (["--target-sensitivity", "0.9"], "--target-sensitivity needs --threshold-method"),
+        (
+            ["--folds", "3", "--threshold-method", "sensitivity", "--target-sensitivity", "2"],
+            r"target_sensitivity must be in \(0, 1\]",
+        ),
+    ],
+)
+def test_bad_cross_validation_flags_exit_2(tmp_path, capsys, pneumoniamnist_npz, extra, message):
+    argv = ["train", "--preset", "tiny", "--data", pneumoniamnist_npz, "--run-dir", tmp_path / "r"]
+    status, _, err = _run(capsys, *argv, *extra)
+    assert status == 2
+    assert re.search(message, err.strip().splitlines()[-1])
+    assert not (tmp_path / "r").exists()
+
+
+def test_folds_too_many_for_a_class_exit_2(tmp_path, capsys):
+    small = tmp_path / "small.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        small,
+        train_images=rng.integers(0, 255, (12, 28, 28), dtype=np.uint8),
+        train_labels=np.array([0, 0, 1] * 4),
+        val_images=rng.integers(0, 255, (4, 28, 28), dtype=np.uint8),
+        val_labels=np.array([0, 1, 1, 1]),
+    )
+    status, _, err = _run(
+        capsys,
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        small,
+        "--folds",
+        "8",
+        "--run-dir",
+        tmp_path / "r",
+    )
+    assert status == 2
+    assert "class 1 has 7 example(s), fewer than the 8 folds asked for" in err
+    assert not (tmp_path / "r" / "folds").exists()
+
+
+def test_train_folds_command_reports_out_of_fold_figures(tmp_path, capsys, pneumoniamnist_npz):
+    run_dir = tmp_path / "cv"
+    status, out, _ = _run(
+        capsys,
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        pneumoniamnist_npz,
+        "--epochs",
+        "1",
+        "--max-train-examples",
+        "300",
+        "--folds",
+        "2",
+        "--threshold-method",
+        "sensitivity",
+        "--target-sensitivity",
+        "0.9",
+        "--run-dir",
+        run_dir,
+        "--quiet",
+    )
+    assert status == 0
+    summary = json.loads(out.strip().splitlines()[-1])["out_of_fold"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["auc"] == metrics["auc"] and summary["ece"] == metrics["ece"]
+    assert summary["sensitivity"] >= 0.9
+    assert json.loads((run_dir / "threshold.json").read_text())["method"] == "sensitivity>=0.9"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["folds"], config["tta"], config["threshold_method"]) == (2, False, "sensitivity")

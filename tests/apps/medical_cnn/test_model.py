@@ -102,8 +102,10 @@ def test_compiled_model_trains_one_step():
 
 
 def test_config_validation_and_presets():
-    assert set(PRESETS) == {"tiny", "default"}
-    with pytest.raises(ValueError, match="Unknown preset 'huge'. Known presets: default, tiny"):
+    assert set(PRESETS) == {"tiny", "default", "best"}
+    with pytest.raises(
+        ValueError, match="Unknown preset 'huge'. Known presets: best, default, tiny"
+    ):
         get_config("huge")
     with pytest.raises(ValueError, match="pooling must be one of .*Received: pooling='median'"):
         MedicalCNNConfig(pooling="median")
