@@ -235,14 +235,9 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             return False
-        self.filepath.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.filepath.with_name(f".{self.filepath.stem}.tmp.keras")
-        try:
-            self.model.save(tmp)
-            os.replace(tmp, self.filepath)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        from apps.common.model_io import save_model_atomically
+
+        save_model_atomically(self.model, self.filepath)
         return True
 
 

@@ -85,3 +85,20 @@ def load_keras_model(path: str | os.PathLike, compile: bool = True, custom_objec
                 f"layers (use a registered custom layer) and save it again."
             ) from e
         raise ModelLoadError(f"could not load model {model_path}: {type(e).__name__}: {e}") from e
+
+
+def save_model_atomically(model, path: str | os.PathLike) -> Path:
+    """Saves `model` as `.keras` beside `path`, then renames it over `path`.
+
+    Readers (and a crash) never see a half-written model file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

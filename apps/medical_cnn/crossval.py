@@ -50,7 +50,7 @@ from apps.common.config import save_config
 from apps.common.errors import RunDirError, UserError
 from apps.common.io import atomic_write_bytes, atomic_write_json
 from apps.common.machine import machine_info
-from apps.common.model_io import load_keras_model
+from apps.common.model_io import load_keras_model, save_model_atomically
 from apps.common.rundir import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -154,7 +154,7 @@ def train_folds(
     ensemble = build_ensemble(
         members, tta=config.tta, tta_shift=config.tta_shift, temperature=report["temperature"]
     )
-    _save_model_atomically(ensemble, run_dir / MODEL_FILE)
+    save_model_atomically(ensemble, run_dir / MODEL_FILE)
     report.update(
         {
             "folds": config.folds,
@@ -270,16 +270,6 @@ def _plots(folder: Path, config, labels, calibrated, report) -> None:
         folder / "confusion_matrix_oof.png",
         "Confusion matrix (out-of-fold)",
     )
-
-
-def _save_model_atomically(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _read_json(path: Path) -> dict:
