@@ -177,6 +177,7 @@ def translate_ids(
     sources: np.ndarray,
     target_tokens: Sequence[str],
     batch_size: int = 64,
+    tokenizer: str = "word",
 ) -> list[str]:
     """Translates rows of source ids with cached greedy decoding; no TensorFlow needed.
 
@@ -184,7 +185,8 @@ def translate_ids(
     (`tokens.ids_to_text` is the Python twin of the graph's detokeniser); an
     all-padding row translates to `""`. Rows are batched by length; each batch
     is cut to its bucket width and filled up to `batch_size` rows, so the
-    decoder compiles once per bucket width.
+    decoder compiles once per bucket width. `tokenizer` is the run's
+    (`"word"` or `"subword"`: how `ids_to_text` joins the tokens).
     """
     from apps.translator.decoding import compile_decoder
     from apps.translator.model import TranslatorLayers
@@ -208,7 +210,7 @@ def translate_ids(
         ids = np.asarray(decode(batch))
         for row, output in zip(rows, ids, strict=False):
             if lengths[row]:
-                out[row] = ids_to_text(output, target_tokens)
+                out[row] = ids_to_text(output, target_tokens, tokenizer)
     return out
 
 
@@ -237,7 +239,9 @@ def evaluate_ids(
         )
     picks = select_evenly(range(len(references)), limit)
     start = time.perf_counter()
-    hypotheses = translate_ids(model, sources[picks], prepared.target_tokens, batch_size)
+    hypotheses = translate_ids(
+        model, sources[picks], prepared.target_tokens, batch_size, prepared.config.tokenizer
+    )
     seconds = time.perf_counter() - start
     return score_translations(
         [references[i][0] for i in picks],
