@@ -326,9 +326,9 @@ def tiny_subword() -> TranslatorConfig:
         tiny(),
         tokenizer="subword",
         shared_vocab=True,
-        sequence_length=16,
-        source_vocab_size=400,
-        target_vocab_size=400,
+        sequence_length=20,
+        source_vocab_size=1000,
+        target_vocab_size=1000,
     )
 
 

@@ -13,8 +13,10 @@ The JSON also holds 20 sample translations (a fixed pseudo-random choice).
 
 from __future__ import annotations
 
+import collections
 import os
 import random
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +89,26 @@ def evaluate_pairs(
     hypotheses = translator.translate(sources, batch_size=batch_size)
     seconds = time.perf_counter() - start
     return score_translations(sources, references, hypotheses, seconds, num_samples, seed)
+
+
+# Words for counting rarity: letters/digits, with inner apostrophes or hyphens (don't, well-known).
+_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
+
+
+def english_words(text: str) -> list[str]:
+    """The words of an English sentence, case kept (punctuation left out), for rarity counts."""
+    return _WORD.findall(text)
+
+
+def rare_word_pairs(train_pairs: Sequence[Pair], pairs: Sequence[Pair], max_count: int = 3):
+    """The pairs whose English holds a word seen fewer than `max_count` times in `train_pairs`.
+
+    A proxy for text the corpus never saw: with word tokens such a word is
+    `[UNK]` or barely learnt. Words are `english_words` (case-sensitive, as
+    the word vocabularies are); unseen words count 0 times.
+    """
+    counts = collections.Counter(w for p in train_pairs for w in english_words(p.english))
+    return [p for p in pairs if any(counts[w] < max_count for w in english_words(p.english))]
 
 
 def select_evenly(items: Sequence, limit: int | None) -> list:

@@ -143,15 +143,22 @@ class SubwordVocabulary(tf.Module):
         super().__init__(name=name)
         self.model_proto = bytes(model_proto)
         try:
-            self._tokenizer = tf_text.SentencepieceTokenizer(
-                model=self.model_proto, out_type=tf.int32
-            )
-            size = int(self._tokenizer.vocab_size())
-            pieces = self._tokenizer.id_to_string(tf.range(size)).numpy()
+            tokenizer = self._tokenizer()
+            size = int(tokenizer.vocab_size())
+            pieces = tokenizer.id_to_string(tf.range(size)).numpy()
         except (tf.errors.InvalidArgumentError, tf.errors.InternalError) as e:
             raise ValueError(f"Not a SentencePiece model: {e}") from e
         self.tokens = check_tokens([p.decode("utf-8") for p in pieces])
         self._is_byte = tf.constant([byte_piece_value(t) is not None for t in self.tokens])
+
+    def _tokenizer(self) -> tf_text.SentencepieceTokenizer:
+        # A fresh tokenizer per call, on purpose. TF Text's SentencePiece resource is
+        # owned by the kernel of the op that creates it; created eagerly, it lives in
+        # the eager kernel cache, which `tf.random.set_seed` (and so
+        # `keras.utils.set_random_seed`) clears, deleting it under every graph that
+        # captured it. Created inside a traced function (the translator's graphs, the
+        # export), the op belongs to that graph and (re)creates its resource when run.
+        return tf_text.SentencepieceTokenizer(model=self.model_proto, out_type=tf.int32)
 
     @property
     def size(self) -> int:
@@ -163,7 +170,7 @@ class SubwordVocabulary(tf.Module):
     def encode(self, text) -> tf.RaggedTensor:
         """Piece ids of each string of a 1-D batch: `RaggedTensor` `(batch, None)`, int32."""
         text = normalize_spaces(tf.convert_to_tensor(text, dtype=tf.string))
-        return self._tokenizer.tokenize(text)
+        return self._tokenizer().tokenize(text)
 
     def count_unknown(self, ids: tf.RaggedTensor) -> tf.Tensor:
         """Byte-fallback pieces per row of `ids` (int32): characters the vocabulary lacks."""
@@ -180,7 +187,7 @@ class SubwordVocabulary(tf.Module):
         ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
         after_end = tf.cumsum(tf.cast(ids == END_ID, tf.int32), axis=-1) > 0
         keep = ~after_end & (ids != PAD_ID) & (ids != START_ID)
-        return self._tokenizer.detokenize(tf.ragged.boolean_mask(ids, keep))
+        return self._tokenizer().detokenize(tf.ragged.boolean_mask(ids, keep))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes the SentencePiece model (bytes), atomically."""
