@@ -162,10 +162,9 @@ class Vocabulary(tf.Module):
         A row ends at its first `[END]`; `[PAD]` and `[START]` are dropped,
         `[UNK]` is written as `[UNK]`.
         """
-        ids = tf.convert_to_tensor(ids)
-        if isinstance(ids, tf.RaggedTensor):
+        if isinstance(ids, tf.RaggedTensor):  # (convert_to_tensor refuses ragged input)
             ids = ids.to_tensor(default_value=PAD_ID)
-        ids = tf.cast(ids, tf.int32)
+        ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
         after_end = tf.cumsum(tf.cast(ids == END_ID, tf.int32), axis=-1) > 0
         keep = ~after_end & (ids != PAD_ID) & (ids != START_ID)
         words = tf.ragged.boolean_mask(tf.gather(self._id_to_token, ids), keep)
