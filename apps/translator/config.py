@@ -337,7 +337,7 @@ def default() -> TranslatorConfig:
 
     Subword pieces: 16k shared pieces (the output layer keeps the word-level
     16k classes) give 8.5 English / 8.1 Spanish pieces per training sentence
-    (7.4 word-level tokens), so 24 positions still hold 99.7% of the pairs
+    (7.4 word-level tokens), so 24 positions still hold over 99.5% of the pairs
     (`benchmarks/translator_tokenizers.py`).
     """
     return TranslatorConfig(
