@@ -26,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow_text  # noqa: E402, F401  (registers the SentencePiece ops of subword translator exports)
 
 from apps.common.export import is_complete_saved_model, latest_version_path  # noqa: E402
 from apps.common.io import atomic_write_json  # noqa: E402

@@ -6,7 +6,10 @@
 
 Training writes a normal run directory (default `runs/translator/quality-<preset>-<time>`),
 so the model can be exported afterwards. Scores are sacreBLEU (13a, cased) and
-chrF against all references of each test sentence, plus single-reference BLEU.
+chrF against all references of each test sentence, plus single-reference BLEU, on the
+whole test split and on its rare-word slice: the test pairs whose English holds a word
+seen fewer than 3 times in the training split (`evaluate.rare_word_pairs`), a proxy for
+text the corpus never saw.
 Writes `benchmarks/results/translator_quality_<preset>.json`.
 """
 
@@ -31,7 +34,7 @@ from apps.common.io import atomic_write_json  # noqa: E402
 from apps.common.machine import machine_info  # noqa: E402
 from apps.translator.config import TranslatorConfig, get_config  # noqa: E402
 from apps.translator.data import load_splits, read_pairs  # noqa: E402
-from apps.translator.evaluate import evaluate_pairs  # noqa: E402
+from apps.translator.evaluate import evaluate_pairs, rare_word_pairs  # noqa: E402
 from apps.translator.train import train  # noqa: E402
 from apps.translator.translate import Translator  # noqa: E402
 
@@ -72,6 +75,8 @@ def main(argv=None):
 
     translator = Translator.from_run_dir(run_dir)
     test = evaluate_pairs(translator, splits.test, num_samples=10)
+    rare = rare_word_pairs(splits.train, splits.test, max_count=3)
+    test_rare = evaluate_pairs(translator, rare, num_samples=10)
     report = {
         "command": "python benchmarks/translator_quality.py " + " ".join(sys.argv[1:]),
         "run_dir": str(run_dir),
@@ -79,6 +84,8 @@ def main(argv=None):
         "config": config_to_dict(config),
         "training": train_metrics,
         "test": test,
+        # Test pairs whose English holds a word seen < 3 times in training.
+        "test_rare_words": {"pairs": len(rare), **test_rare},
     }
     if args.pairs is not None:
         report["withheld"] = evaluate_pairs(translator, read_pairs(args.pairs), num_samples=10)
@@ -89,6 +96,9 @@ def main(argv=None):
         "test_bleu": test["bleu"],
         "test_chrf": test["chrf"],
         "test_bleu_single_reference": test["bleu_single_reference"],
+        "test_rare_words_sources": test_rare["num_sources"],
+        "test_rare_words_bleu": test_rare["bleu"],
+        "test_rare_words_chrf": test_rare["chrf"],
         "train_seconds": (train_metrics or {}).get("train_seconds"),
     }
     if "withheld" in report:

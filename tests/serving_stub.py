@@ -38,6 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+
+# Registers the TF Text ops (SentencePiece) that subword translator exports
+# hold, as the real model server, which links them, has them.
+import tensorflow_text  # noqa: F401
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 

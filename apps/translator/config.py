@@ -7,9 +7,12 @@ resolved config is saved as `config.json` beside the model, so that `evaluate`,
 Presets:
 
 - `tiny`: a few thousand weights, for tests (seconds on a CPU).
+- `tiny-subword`: `tiny` with a shared subword vocabulary and tied
+  embeddings, for tests of the subword path.
 - `default`: the best quality this project reaches on a 2-core CPU within
-  60 minutes of training (word-level, small post-norm Transformer, length
-  buckets, warm-up + cosine learning rate, label smoothing).
+  60 minutes of training (subword pieces in one English+Spanish vocabulary
+  with tied embeddings, small post-norm Transformer, length buckets, warm-up +
+  cosine learning rate, label smoothing).
 - `large`: a Transformer-base-like model for a GPU.
 - `keras-io-reference`: the hyperparameters of the keras-io example
   "English-to-Spanish translation with a sequence-to-sequence Transformer"
@@ -28,6 +31,10 @@ from apps.common.config import get_preset
 from apps.common.rundir import CONFIG_FILE, MODEL_FILE  # noqa: F401  (the run directory's names)
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop")
+# "word": words and punctuation marks, `tf.strings` regexes and a lookup table
+# (vectorization.py; unknown words become [UNK]). "subword": SentencePiece
+# pieces learned from the training split, with byte fallback (subword.py).
+TOKENIZERS = ("word", "subword")
 # The app's name in run directories (`config.json`'s "app") and on TF Serving.
 APP_NAME = "translator"
 # Seconds the TF Serving client waits for each answer (`translate --server --timeout`).
@@ -35,9 +42,18 @@ SERVING_TIMEOUT = 60.0
 # File names in a run directory; a prepared-data folder holds the same vocabulary files.
 SOURCE_VOCAB_FILE = "vocab_source.txt"
 TARGET_VOCAB_FILE = "vocab_target.txt"
+# Subword runs also hold the SentencePiece models (the vocabulary files above
+# then list their pieces). With a shared vocabulary both files hold one model.
+SOURCE_SUBWORD_FILE = "subword_source.model"
+TARGET_SUBWORD_FILE = "subword_target.model"
+# Pieces every subword vocabulary holds besides the learned ones: the 4
+# reserved tokens and the 256 byte-fallback pieces <0x00> ... <0xFF>.
+SUBWORD_FIXED_PIECES = 4 + 256
 # The fields that decide tokenisation and which pairs are used: training from
 # prepared arrays needs the values they were prepared with.
 DATA_FIELDS = (
+    "tokenizer",
+    "shared_vocab",
     "sequence_length",
     "source_vocab_size",
     "target_vocab_size",
@@ -56,15 +72,27 @@ class TranslatorConfig:
     """Everything that defines a translator run.
 
     Args:
+        tokenizer: `"word"` (words and punctuation marks; unknown words
+            become `[UNK]`) or `"subword"` (SentencePiece pieces learned from
+            the training split, with byte fallback: no `[UNK]`). Run
+            directories written before this field existed are word-level.
+        shared_vocab: subword only: one vocabulary for English and Spanish,
+            and one embedding matrix for the source embedding, the target
+            embedding and the output projection (tied). Names and numbers
+            then have the same ids on both sides.
         sequence_length: most tokens per sentence on each side. Source
             sentences are truncated to it; targets count their end token
             (so a translation has at most `sequence_length - 1` words), and
             training pairs longer than that are left out.
         source_vocab_size: most English vocabulary entries, reserved tokens
-            included (fewer when the training split has fewer words).
+            included (fewer when the training split has fewer words). For
+            subwords, the size of the SentencePiece vocabulary (byte pieces
+            included; smaller when the corpus is too small for it); with
+            `shared_vocab`, of the one vocabulary, and `target_vocab_size`
+            must be equal.
         target_vocab_size: most Spanish vocabulary entries, likewise.
         min_count: a word enters a vocabulary only if seen this often in the
-            training split.
+            training split (word tokenizer only).
         max_train_pairs: use only the first N training pairs (quick runs).
         embed_dim: model width.
         intermediate_dim: feed-forward width.
@@ -108,7 +136,10 @@ class TranslatorConfig:
         distribute: the `--distribute` strategy (recorded by `train`).
     """
 
-    # Data and tokenisation.
+    # Data and tokenisation. `tokenizer` defaults to "word" so that a config.json
+    # written before the field existed reads as what it was.
+    tokenizer: str = "word"
+    shared_vocab: bool = False
     sequence_length: int = 24
     source_vocab_size: int = 12000
     target_vocab_size: int = 16000
@@ -165,6 +196,27 @@ class TranslatorConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(
+                f"tokenizer must be one of {', '.join(TOKENIZERS)}. "
+                f"Received: tokenizer={self.tokenizer!r}"
+            )
+        if not isinstance(self.shared_vocab, bool):
+            raise ValueError(
+                f"shared_vocab must be True or False. Received: shared_vocab={self.shared_vocab!r}"
+            )
+        if self.shared_vocab and self.tokenizer != "subword":
+            raise ValueError(
+                "shared_vocab needs tokenizer='subword' (a word vocabulary is per language). "
+                f"Received: tokenizer={self.tokenizer!r}, shared_vocab=True"
+            )
+        if self.shared_vocab and self.source_vocab_size != self.target_vocab_size:
+            raise ValueError(
+                "shared_vocab uses one vocabulary for both languages: source_vocab_size and "
+                "target_vocab_size must be equal. Received: "
+                f"source_vocab_size={self.source_vocab_size}, "
+                f"target_vocab_size={self.target_vocab_size}"
+            )
         if self.sequence_length < 2:
             raise ValueError(
                 "sequence_length must be at least 2 (one word and the end token). "
@@ -176,6 +228,14 @@ class TranslatorConfig:
                     f"{name} must leave room for the 4 reserved tokens and one word. "
                     f"Received: {name}={getattr(self, name)}"
                 )
+        if self.tokenizer == "subword":
+            for name in ("source_vocab_size", "target_vocab_size"):
+                if getattr(self, name) <= SUBWORD_FIXED_PIECES:
+                    raise ValueError(
+                        f"A subword {name} must exceed the {SUBWORD_FIXED_PIECES} fixed pieces "
+                        "(4 reserved tokens, 256 bytes) and leave room for the characters and "
+                        f"pieces of the corpus. Received: {name}={getattr(self, name)}"
+                    )
         for name in ("max_train_pairs", "key_dim"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -260,9 +320,33 @@ def tiny() -> TranslatorConfig:
     )
 
 
+def tiny_subword() -> TranslatorConfig:
+    """`tiny` with a shared subword vocabulary and tied embeddings, for tests."""
+    return dataclasses.replace(
+        tiny(),
+        tokenizer="subword",
+        shared_vocab=True,
+        sequence_length=20,
+        source_vocab_size=1000,
+        target_vocab_size=1000,
+    )
+
+
 def default() -> TranslatorConfig:
-    """The best quality this project reaches with <= 60 minutes on a 2-core CPU."""
-    return TranslatorConfig(time_budget_minutes=58.0)
+    """The best quality this project reaches with <= 60 minutes on a 2-core CPU.
+
+    Subword pieces: 16k shared pieces (the output layer keeps the word-level
+    16k classes) give 8.5 English / 8.1 Spanish pieces per training sentence
+    (7.4 word-level tokens), so 24 positions still hold over 99.5% of the pairs
+    (`benchmarks/translator_tokenizers.py`).
+    """
+    return TranslatorConfig(
+        tokenizer="subword",
+        shared_vocab=True,
+        source_vocab_size=16000,
+        target_vocab_size=16000,
+        time_budget_minutes=58.0,
+    )
 
 
 def large() -> TranslatorConfig:
@@ -313,8 +397,17 @@ def keras_io_reference() -> TranslatorConfig:
     )
 
 
+def vocabulary_files(config: TranslatorConfig) -> list[str]:
+    """The files of a run directory (or prepared folder) that hold `config`'s vocabularies."""
+    files = [SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE]
+    if config.tokenizer == "subword":
+        files += [SOURCE_SUBWORD_FILE, TARGET_SUBWORD_FILE]
+    return files
+
+
 PRESETS = {
     "tiny": tiny,
+    "tiny-subword": tiny_subword,
     "default": default,
     "large": large,
     "keras-io-reference": keras_io_reference,

@@ -13,8 +13,10 @@ The JSON also holds 20 sample translations (a fixed pseudo-random choice).
 
 from __future__ import annotations
 
+import collections
 import os
 import random
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +89,26 @@ def evaluate_pairs(
     hypotheses = translator.translate(sources, batch_size=batch_size)
     seconds = time.perf_counter() - start
     return score_translations(sources, references, hypotheses, seconds, num_samples, seed)
+
+
+# Words for counting rarity: letters/digits, with inner apostrophes or hyphens (don't, well-known).
+_WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
+
+
+def english_words(text: str) -> list[str]:
+    """The words of an English sentence, case kept (punctuation left out), for rarity counts."""
+    return _WORD.findall(text)
+
+
+def rare_word_pairs(train_pairs: Sequence[Pair], pairs: Sequence[Pair], max_count: int = 3):
+    """The pairs whose English holds a word seen fewer than `max_count` times in `train_pairs`.
+
+    A proxy for text the corpus never saw: with word tokens such a word is
+    `[UNK]` or barely learnt. Words are `english_words` (case-sensitive, as
+    the word vocabularies are); unseen words count 0 times.
+    """
+    counts = collections.Counter(w for p in train_pairs for w in english_words(p.english))
+    return [p for p in pairs if any(counts[w] < max_count for w in english_words(p.english))]
 
 
 def select_evenly(items: Sequence, limit: int | None) -> list:
@@ -177,6 +199,7 @@ def translate_ids(
     sources: np.ndarray,
     target_tokens: Sequence[str],
     batch_size: int = 64,
+    tokenizer: str = "word",
 ) -> list[str]:
     """Translates rows of source ids with cached greedy decoding; no TensorFlow needed.
 
@@ -184,7 +207,8 @@ def translate_ids(
     (`tokens.ids_to_text` is the Python twin of the graph's detokeniser); an
     all-padding row translates to `""`. Rows are batched by length; each batch
     is cut to its bucket width and filled up to `batch_size` rows, so the
-    decoder compiles once per bucket width.
+    decoder compiles once per bucket width. `tokenizer` is the run's
+    (`"word"` or `"subword"`: how `ids_to_text` joins the tokens).
     """
     from apps.translator.decoding import compile_decoder
     from apps.translator.model import TranslatorLayers
@@ -208,7 +232,7 @@ def translate_ids(
         ids = np.asarray(decode(batch))
         for row, output in zip(rows, ids, strict=False):
             if lengths[row]:
-                out[row] = ids_to_text(output, target_tokens)
+                out[row] = ids_to_text(output, target_tokens, tokenizer)
     return out
 
 
@@ -237,7 +261,9 @@ def evaluate_ids(
         )
     picks = select_evenly(range(len(references)), limit)
     start = time.perf_counter()
-    hypotheses = translate_ids(model, sources[picks], prepared.target_tokens, batch_size)
+    hypotheses = translate_ids(
+        model, sources[picks], prepared.target_tokens, batch_size, prepared.config.tokenizer
+    )
     seconds = time.perf_counter() - start
     return score_translations(
         [references[i][0] for i in picks],

@@ -10,7 +10,10 @@ Signatures:
   `max_words` (int32, `[batch]`), so that clients can warn about truncated or
   non-English input without the vocabulary.
 
-Reloading needs only TensorFlow (`tf.saved_model.load`), not this project.
+Reloading needs only TensorFlow (`tf.saved_model.load`), not this project;
+an export of a subword run also needs `import tensorflow_text` first (its
+SentencePiece ops are TF Text ops, registered by that import; the stock TF
+Serving model server links them).
 Versions go to `<base>/<N>/` atomically through `apps.common.export`.
 """
 
@@ -32,7 +35,8 @@ def write_saved_model(translator: Translator, path: str | os.PathLike) -> None:
     """Writes the translator's serving graph as a SavedModel at `path`."""
     archive = keras.export.ExportArchive()
     archive.track(translator.model)
-    # Lookup tables are TF resources, not Keras variables: track them explicitly.
+    # Lookup tables and SentencePiece models are TF resources, not Keras
+    # variables: track them explicitly (a shared vocabulary is one module).
     archive.track(translator.source_vocab)
     archive.track(translator.target_vocab)
 

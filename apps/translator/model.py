@@ -12,6 +12,13 @@ step per token with a key/value cache). `TranslatorLayers` finds them by name
 in a built or loaded model and offers `encode`, `decode` (full sequence) and
 `decode_step` (cached), all written with `keras.ops`, so they run on every
 backend and inside `keras.ops.while_loop`.
+
+With `config.shared_vocab` (one subword vocabulary for both languages) the
+source embedding, the target embedding and the output projection share one
+`(vocab, embed_dim)` matrix: a `ReversibleEmbedding` named `shared_embedding`
+is called on the source ids, on the decoder ids and, with `reverse=True`, on
+the decoder output (`logits = y @ E.T`). Each side keeps its own learned
+position table (`source_positions`, `target_positions`).
 """
 
 from __future__ import annotations
@@ -22,7 +29,13 @@ from keras import ops
 from apps.common.errors import UserError
 from apps.translator.config import TranslatorConfig
 from apps.translator.tokens import PAD_ID
-from custom_layers.layers import PositionalEmbedding, TransformerDecoder, TransformerEncoder
+from custom_layers.layers import (
+    LearnedPositionEncoding,
+    PositionalEmbedding,
+    ReversibleEmbedding,
+    TransformerDecoder,
+    TransformerEncoder,
+)
 
 SOURCE_INPUT = "source_tokens"
 DECODER_INPUT = "decoder_tokens"
@@ -44,10 +57,20 @@ def build_model(
     Layer names are part of the contract with `TranslatorLayers`:
     `source_embedding`, `encoder_<i>`, `target_embedding`, `decoder_<i>`,
     `encoder_final_norm` / `decoder_final_norm` (pre-norm only),
-    `output_dropout` and `logits`.
+    `output_dropout` and `logits`; with `shared_vocab`, `shared_embedding`
+    (embeddings and logits), `source_positions` and `target_positions`
+    instead of `source_embedding`, `target_embedding` and `logits`.
+
+    Raises:
+        ValueError: `shared_vocab` with different source and target sizes.
     """
     source_vocab_size = source_vocab_size or config.source_vocab_size
     target_vocab_size = target_vocab_size or config.target_vocab_size
+    if config.shared_vocab and source_vocab_size != target_vocab_size:
+        raise ValueError(
+            "A shared vocabulary has one size. Received: "
+            f"source_vocab_size={source_vocab_size}, target_vocab_size={target_vocab_size}"
+        )
     source = keras.Input((None,), dtype="int32", name=SOURCE_INPUT)
     decoder_tokens = keras.Input((None,), dtype="int32", name=DECODER_INPUT)
     block_args = dict(
@@ -58,24 +81,45 @@ def build_model(
         key_dim=config.key_dim,
     )
 
-    x = PositionalEmbedding(
-        config.sequence_length, source_vocab_size, config.embed_dim, name="source_embedding"
-    )(source)
+    if config.shared_vocab:
+        shared = ReversibleEmbedding(
+            source_vocab_size, config.embed_dim, mask_zero=True, name="shared_embedding"
+        )
+
+        def embed(tokens, side):
+            x = shared(tokens)
+            positions = LearnedPositionEncoding(config.sequence_length, name=f"{side}_positions")
+            return keras.layers.Add(name=f"{side}_embedding_sum")([x, positions(x)])
+
+    x = (
+        embed(source, "source")
+        if config.shared_vocab
+        else PositionalEmbedding(
+            config.sequence_length, source_vocab_size, config.embed_dim, name="source_embedding"
+        )(source)
+    )
     for i in range(config.num_encoder_layers):
         x = TransformerEncoder(**block_args, name=f"encoder_{i}")(x)
     if config.normalize_first:
         # Pre-norm blocks leave the residual stream unnormalised.
         x = keras.layers.LayerNormalization(epsilon=1e-5, name="encoder_final_norm")(x)
 
-    y = PositionalEmbedding(
-        config.sequence_length, target_vocab_size, config.embed_dim, name="target_embedding"
-    )(decoder_tokens)
+    y = (
+        embed(decoder_tokens, "target")
+        if config.shared_vocab
+        else PositionalEmbedding(
+            config.sequence_length, target_vocab_size, config.embed_dim, name="target_embedding"
+        )(decoder_tokens)
+    )
     for i in range(config.num_decoder_layers):
         y = TransformerDecoder(**block_args, name=f"decoder_{i}")(y, x)
     if config.normalize_first:
         y = keras.layers.LayerNormalization(epsilon=1e-5, name="decoder_final_norm")(y)
     y = keras.layers.Dropout(config.output_dropout, name="output_dropout")(y)
-    logits = keras.layers.Dense(target_vocab_size, name="logits")(y)
+    if config.shared_vocab:
+        logits = shared(y, reverse=True)
+    else:
+        logits = keras.layers.Dense(target_vocab_size, name="logits")(y)
     return keras.Model(
         {SOURCE_INPUT: source, DECODER_INPUT: decoder_tokens}, logits, name="translator"
     )
@@ -105,7 +149,9 @@ class TranslatorLayers:
 
     Attributes:
         sequence_length: most decoder positions (the target embedding's table).
+        source_vocab_size: number of source ids.
         target_vocab_size: number of output classes.
+        shared_embedding: the tied `ReversibleEmbedding`, or None.
 
     Raises:
         UserError: `model` is not a translator model (e.g. another app's
@@ -114,10 +160,35 @@ class TranslatorLayers:
 
     def __init__(self, model: keras.Model):
         try:
-            self.source_embedding = model.get_layer("source_embedding")
-            self.target_embedding = model.get_layer("target_embedding")
             self.output_dropout = model.get_layer("output_dropout")
-            self.output_dense = model.get_layer("logits")
+            self.shared_embedding = _optional_layer(model, "shared_embedding")
+            if self.shared_embedding is None:
+                source_embedding = model.get_layer("source_embedding")
+                target_embedding = model.get_layer("target_embedding")
+                output_dense = model.get_layer("logits")
+                self.source_vocab_size = source_embedding.vocab_size
+                self.target_vocab_size = output_dense.units
+                self.sequence_length = target_embedding.sequence_length
+                self._embed_source = source_embedding
+                self._embed_target = target_embedding
+                self._project = output_dense
+            else:
+                source_positions = model.get_layer("source_positions")
+                target_positions = model.get_layer("target_positions")
+                shared = self.shared_embedding
+                self.source_vocab_size = self.target_vocab_size = shared.input_dim
+                self.sequence_length = target_positions.sequence_length
+
+                def positioned(positions):
+                    def embed(tokens, start_index=0):
+                        x = shared(tokens)
+                        return x + positions(x, start_index=start_index)
+
+                    return embed
+
+                self._embed_source = positioned(source_positions)
+                self._embed_target = positioned(target_positions)
+                self._project = lambda y: shared(y, reverse=True)
         except ValueError as e:
             raise UserError(
                 f"Model '{model.name}' is not a translator model built by "
@@ -133,13 +204,11 @@ class TranslatorLayers:
         self.encoder_norm = _optional_layer(model, "encoder_final_norm")
         self.decoder_norm = _optional_layer(model, "decoder_final_norm")
         self.model = model
-        self.sequence_length = self.target_embedding.sequence_length
-        self.target_vocab_size = self.output_dense.units
 
     def encode(self, source_tokens, training=False):
         """Encodes source ids `(B, S)`: returns `(encoded (B, S, D), source_mask (B, S))`."""
         source_mask = ops.not_equal(source_tokens, PAD_ID)
-        x = self.source_embedding(source_tokens)
+        x = self._embed_source(source_tokens)
         for layer in self.encoders:
             x = layer(x, padding_mask=source_mask, training=training)
         if self.encoder_norm is not None:
@@ -152,7 +221,7 @@ class TranslatorLayers:
     def _logits(self, y, training=False):
         if self.decoder_norm is not None:
             y = self.decoder_norm(y)
-        return self.output_dense(self.output_dropout(y, training=training))
+        return self._project(self.output_dropout(y, training=training))
 
     def decode(self, decoder_tokens, encoded, source_mask, return_attention_scores=False):
         """Full-sequence decoder: logits `(B, T, V)` for decoder ids `(B, T)`.
@@ -161,7 +230,7 @@ class TranslatorLayers:
         cross-attention weights `(B, heads, T, S)`.
         """
         decoder_mask = ops.not_equal(decoder_tokens, PAD_ID)
-        y = self.target_embedding(decoder_tokens)
+        y = self._embed_target(decoder_tokens)
         scores = None
         for i, layer in enumerate(self.decoders):
             want_scores = return_attention_scores and i == len(self.decoders) - 1
@@ -209,7 +278,7 @@ class TranslatorLayers:
         Returns:
             `(logits (B, V), updated self_cache)`.
         """
-        y = self.target_embedding(tokens, start_index=index)
+        y = self._embed_target(tokens, start_index=index)
         new_caches = []
         for i, layer in enumerate(self.decoders):
             y, layer_cache, _ = layer(

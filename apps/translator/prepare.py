@@ -16,7 +16,7 @@ import numpy as np
 from apps.common.config import config_to_dict
 from apps.common.io import atomic_write_bytes, atomic_write_json
 from apps.common.rundir import check_run_dir_path
-from apps.translator.config import SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE, TranslatorConfig
+from apps.translator.config import TranslatorConfig, vocabulary_files
 from apps.translator.data import SPLITS, Splits
 from apps.translator.prepared import (
     ARRAY_KEYS,
@@ -76,7 +76,7 @@ def prepare(
         resolve_data_path,
         split_pairs,
     )
-    from apps.translator.vectorization import build_vocabularies
+    from apps.translator.vectorization import build_vocabularies, save_vocabularies
 
     out_dir = check_run_dir_path(out_dir, "--out")
     if splits is None:
@@ -98,8 +98,7 @@ def prepare(
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)  # Incomplete until the new one is written.
 
     source_vocab, target_vocab = build_vocabularies(train_pairs, config)
-    source_vocab.save(out_dir / SOURCE_VOCAB_FILE)
-    target_vocab.save(out_dir / TARGET_VOCAB_FILE)
+    save_vocabularies(out_dir, source_vocab, target_vocab)
     length = config.sequence_length
     counts = {}
     for name, pairs in zip(SPLITS, (train_pairs, splits.val, splits.test), strict=True):
@@ -125,7 +124,7 @@ def prepare(
         atomic_write_bytes(out_dir / f"{name}.npz", _npz_bytes(arrays))
 
     files = sorted(
-        [SOURCE_VOCAB_FILE, TARGET_VOCAB_FILE]
+        vocabulary_files(config)
         + [f"{name}.npz" for name in SPLITS]
         + [f"{name}_references.json" for name in EVAL_SPLITS]
     )

@@ -9,6 +9,8 @@ tensorflow` fails:
                            sizes, sequence length, counts, the corpus's and every file's sha256
     vocab_source.txt       the vocabularies (the very files a run directory holds)
     vocab_target.txt
+    subword_source.model   subword runs only: the SentencePiece models (vocab_*.txt then
+    subword_target.model   list their pieces; with a shared vocabulary both hold one model)
     train.npz              source_tokens, decoder_tokens, labels: int32 (pairs, sequence_length),
     val.npz                0-padded; decoder_tokens = [START] + target, labels = target + [END]
     test.npz               (pairs that do not fit sequence_length are left out, as in training);
@@ -136,6 +138,10 @@ class Prepared:
     def vocabulary_file(self, side: str) -> Path:
         """The checked path of the `source` or `target` vocabulary file."""
         return self._checked(SOURCE_VOCAB_FILE if side == "source" else TARGET_VOCAB_FILE)
+
+    def file(self, name: str) -> Path:
+        """The checked path of file `name` of the folder (e.g. one of `vocabulary_files`)."""
+        return self._checked(name)
 
 
 def load_prepared(path: str | os.PathLike) -> Prepared:

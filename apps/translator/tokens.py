@@ -6,9 +6,10 @@ TensorFlow cannot be imported, e.g. a GPU machine with only JAX. Splitting
 text into words needs `tf.strings` and stays in `vectorization.py`, which
 imports its constants from here.
 
-`ids_to_text` is the Python twin of `Vocabulary.decode` (the TensorFlow
-version that runs inside the exported graph): same end-of-sentence rule, same
-rejoining of punctuation; a test checks that both give the same strings.
+`ids_to_text` is the Python twin of `Vocabulary.decode` and
+`SubwordVocabulary.decode` (the TensorFlow versions that run inside the
+exported graph): same end-of-sentence rule, same rejoining of punctuation or
+of SentencePiece pieces; tests check that both give the same strings.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from apps.common.textio import join_lines, read_lines
 PAD, UNK, START, END = "[PAD]", "[UNK]", "[START]", "[END]"
 RESERVED_TOKENS = (PAD, UNK, START, END)
 PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
+# SentencePiece writes a space as this character (U+2581) inside pieces, and a
+# byte it falls back to as a piece "<0xAB>".
+SPACE_MARK = "\u2581"
+_BYTE_PIECE = re.compile(r"<0x([0-9A-F]{2})>")
 
 # Character classes shared by RE2 (`tf.strings.regex_replace`) and Python's `re`.
 PUNCTUATION = r'[¿¡?!.,;:"«»()\[\]{}…]'
@@ -100,17 +105,85 @@ def join_tokens(words: Iterable[str]) -> str:
     return text
 
 
-def ids_to_text(ids: Iterable[int], tokens: Sequence[str]) -> str:
-    """The text of one row of output ids, as `Vocabulary.decode` writes it.
+def byte_piece_value(piece: str) -> int | None:
+    """The byte a SentencePiece byte-fallback piece (`<0xAB>`) stands for, else None."""
+    match = _BYTE_PIECE.fullmatch(piece)
+    return None if match is None else int(match.group(1), 16)
 
-    The row ends at its first `[END]`; `[PAD]` and `[START]` are dropped and
-    `[UNK]` is written as `[UNK]`.
+
+def _decode_bytes(data: bytes) -> str:
+    """UTF-8 with one U+FFFD per byte that starts no valid character (as SentencePiece)."""
+    out, i = [], 0
+    while i < len(data):
+        for n in range(1, 5):
+            try:
+                out.append(data[i : i + n].decode("utf-8"))
+            except UnicodeDecodeError:
+                continue
+            i += n
+            break
+        else:
+            out.append("\ufffd")
+            i += 1
+    return "".join(out)
+
+
+def join_pieces(pieces: Iterable[str]) -> str:
+    """Joins SentencePiece pieces into text, as SentencePiece decodes them.
+
+    `▁` becomes a space, except that a piece drops one leading `▁` while the
+    text is still empty (SentencePiece's own rule); a run of byte pieces is
+    decoded as UTF-8, each byte that starts no valid character as U+FFFD.
     """
-    words = []
+    units: list[tuple[bool, str]] = []  # (is a byte run, text)
+    pending = bytearray()
+    for piece in pieces:
+        value = byte_piece_value(piece)
+        if value is not None:
+            pending.append(value)
+            continue
+        if pending:
+            units.append((True, _decode_bytes(bytes(pending))))
+            pending.clear()
+        units.append((False, piece))
+    if pending:
+        units.append((True, _decode_bytes(bytes(pending))))
+    text = ""
+    for is_bytes, unit in units:
+        if not text and not is_bytes:
+            unit = unit.removeprefix(SPACE_MARK)
+        text += unit if is_bytes else unit.replace(SPACE_MARK, " ")
+    return text
+
+
+def group_pieces(pieces: Sequence[str]) -> list[list[int]]:
+    """Indices of the pieces that make up each space-separated word, in order.
+
+    A word starts at a piece that begins with `▁` (and at the first piece);
+    byte pieces and pieces without `▁` continue the current word. Used to
+    label attention plots with words: `join_pieces` of a group is its word.
+    """
+    groups: list[list[int]] = []
+    for i, piece in enumerate(pieces):
+        if not groups or piece.startswith(SPACE_MARK):
+            groups.append([i])
+        else:
+            groups[-1].append(i)
+    return groups
+
+
+def ids_to_text(ids: Iterable[int], tokens: Sequence[str], tokenizer: str = "word") -> str:
+    """The text of one row of output ids, as the graph's `decode` writes it.
+
+    The row ends at its first `[END]`; `[PAD]` and `[START]` are dropped. For
+    `tokenizer="word"` the tokens are joined with `join_tokens` (`[UNK]` is
+    written as `[UNK]`); for `"subword"` the pieces with `join_pieces`.
+    """
+    kept = []
     for i in ids:
         i = int(i)
         if i == END_ID:
             break
         if i not in (PAD_ID, START_ID):
-            words.append(tokens[i])
-    return join_tokens(words)
+            kept.append(tokens[i])
+    return join_pieces(kept) if tokenizer == "subword" else join_tokens(kept)

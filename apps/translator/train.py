@@ -5,6 +5,7 @@ A run directory holds everything needed to use or resume the run:
     config.json            the resolved TranslatorConfig
     vocab_source.txt       English vocabulary (one token per line, line i = id i)
     vocab_target.txt       Spanish vocabulary
+    subword_*.model        subword runs: the SentencePiece models (see `subword.py`)
     model.keras            the best model so far (lowest val_loss), written atomically
     history.csv            one row per epoch, with its epoch_seconds (continued when a run resumes)
     logs/                  TensorBoard
@@ -54,7 +55,7 @@ from apps.common.callbacks import (
 from apps.common.config import save_config
 from apps.common.distribute import Distribution, get_distribution
 from apps.common.errors import RunDirError
-from apps.common.io import atomic_write_json
+from apps.common.io import atomic_write_bytes, atomic_write_json
 from apps.common.machine import machine_info
 from apps.common.model_io import load_keras_model
 from apps.common.rundir import (
@@ -74,10 +75,9 @@ from apps.translator.config import (
     MODEL_FILE,
     PREPARED_DIR,
     RUN_FIELDS,
-    SOURCE_VOCAB_FILE,
-    TARGET_VOCAB_FILE,
     TranslatorConfig,
     get_config,
+    vocabulary_files,
 )
 from apps.translator.data import SPLITS, Splits, check_split_sizes
 from apps.translator.evaluate import evaluate_ids
@@ -235,16 +235,22 @@ def _tokenised(config: TranslatorConfig, data, splits, run_dir: Path) -> Prepare
 
 
 def _copy_vocabulary(source: Path, destination: Path) -> None:
-    """Copies a prepared vocabulary into the run dir (a resumed run must already hold the same)."""
-    tokens = load_tokens(source)
+    """Copies a prepared vocabulary file into the run dir (a resumed run must already hold the same).
+
+    Token lists (`.txt`) are compared as tokens, SentencePiece models as bytes.
+    """
+    if source.suffix == ".txt":
+        content, read, write = load_tokens(source), load_tokens, save_tokens
+    else:
+        content, read, write = source.read_bytes(), Path.read_bytes, atomic_write_bytes
     if destination.is_file():
-        if load_tokens(destination) != tokens:
+        if read(destination) != content:
             raise RunDirError(
                 f"{destination} differs from the prepared {source}: this run directory was "
                 "trained on other data; pass a new --run-dir."
             )
         return
-    save_tokens(destination, tokens)
+    write(destination, content)
 
 
 def _batches(config, prepared: Prepared, dist: Distribution):
@@ -346,8 +352,8 @@ def train(
     if not (work_dir / CONFIG_FILE).is_file():
         work_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, work_dir / CONFIG_FILE, app=APP_NAME)
-    _copy_vocabulary(prepared.vocabulary_file("source"), work_dir / SOURCE_VOCAB_FILE)
-    _copy_vocabulary(prepared.vocabulary_file("target"), work_dir / TARGET_VOCAB_FILE)
+    for name in vocabulary_files(config):
+        _copy_vocabulary(prepared.file(name), work_dir / name)
     # A run that diverged (its history shows it) is neither trained again nor finished.
     advice = (
         f"Lower the learning rate (learning_rate, now {config.learning_rate:g}) or lengthen "

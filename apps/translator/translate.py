@@ -1,16 +1,22 @@
 """Translating text with a trained run directory or an exported SavedModel.
 
 `Translator` holds a run's model and vocabularies and translates in one
-TensorFlow graph per batch: tokenise (`split_words` + vocabulary lookup),
-cached greedy decoding (`decoding.greedy_decode`), detokenise. `export.py`
+TensorFlow graph per batch: tokenise (`vocab.encode`: words and a lookup
+table, or SentencePiece pieces), cached greedy decoding
+(`decoding.greedy_decode`), detokenise (`vocab.decode`). `export.py`
 saves exactly this graph, so a SavedModel returns the same strings;
 `ExportedTranslator` wraps such an export behind the same interface, and
 `load_translator` picks the right one for a path.
 
 Behaviour on awkward input: an empty (or blank) sentence translates to an
 empty string; a sentence longer than the model's `sequence_length` tokens is
-truncated (callers can warn, see `source_stats`); unknown words become `[UNK]`
-in the source and never appear in the output.
+truncated (callers can warn, see `source_stats`); with word tokens, unknown
+words become `[UNK]` in the source and never appear in the output; with
+subword tokens nothing is unknown (characters the vocabulary lacks are
+spelled as bytes, and `source_stats` counts those as `num_unknown`).
+
+A SavedModel of a subword run holds TF Text ops: `ExportedTranslator` imports
+`tensorflow_text` before loading it (that import registers the ops).
 """
 
 from __future__ import annotations
@@ -38,11 +44,12 @@ from apps.translator.config import (  # noqa: F401  (file names re-exported)
 )
 from apps.translator.decoding import greedy_decode
 from apps.translator.model import TranslatorLayers
+from apps.translator.tokens import END, group_pieces, join_pieces
 from apps.translator.vectorization import (
     PAD_ID,
     START_ID,
-    UNK_ID,
     Vocabulary,
+    load_vocabularies,
     pad_batch,
     split_words,
 )
@@ -86,8 +93,9 @@ class Translator:
 
     Args:
         model: a translator model (see `model.build_model`), trained.
-        source_vocab: English `Vocabulary`.
-        target_vocab: Spanish `Vocabulary`.
+        source_vocab: English `Vocabulary` or `subword.SubwordVocabulary`.
+        target_vocab: Spanish vocabulary, of the same kind (with a shared
+            subword vocabulary, the same object).
         sequence_length: most source tokens read and output tokens written.
 
     Example:
@@ -97,16 +105,15 @@ class Translator:
     ['¿Dónde está Tom?', '']
     """
 
-    def __init__(
-        self, model, source_vocab: Vocabulary, target_vocab: Vocabulary, sequence_length: int
-    ):
+    def __init__(self, model, source_vocab, target_vocab, sequence_length: int):
         self.model = model
         self.layers = TranslatorLayers(model)
         self.source_vocab = source_vocab
         self.target_vocab = target_vocab
+        self.subword = not isinstance(source_vocab, Vocabulary)
         self.sequence_length = int(sequence_length)
         for side, vocab, size in (
-            ("source", source_vocab, self.layers.source_embedding.vocab_size),
+            ("source", source_vocab, self.layers.source_vocab_size),
             ("target", target_vocab, self.layers.target_vocab_size),
         ):
             if vocab.size != size:
@@ -145,16 +152,15 @@ class Translator:
                 f"{run_dir} holds no {CONFIG_FILE}: not a translator run directory or export."
             )
         config = load_config(TranslatorConfig, run_dir / CONFIG_FILE, app=APP_NAME)
-        source_vocab = Vocabulary.load(run_dir / SOURCE_VOCAB_FILE, name="source_vocab")
-        target_vocab = Vocabulary.load(run_dir / TARGET_VOCAB_FILE, name="target_vocab")
+        source_vocab, target_vocab = load_vocabularies(run_dir, config)
         model = load_keras_model(run_dir / MODEL_FILE, compile=False)
         return cls(model, source_vocab, target_vocab, config.sequence_length)
 
     # Graph functions (also what export.py saves).
 
     def _source_ids(self, sentences):
-        words = split_words(sentences)
-        return words, pad_batch(self.source_vocab.lookup(words), self.sequence_length)
+        ids = self.source_vocab.encode(sentences)
+        return ids, pad_batch(ids, self.sequence_length)
 
     def _token_ids_graph(self, sentences):
         _, source_ids = self._source_ids(sentences)
@@ -162,19 +168,22 @@ class Translator:
 
     def translate_graph(self, sentences):
         """Strings `(B,)` -> translations `(B,)`, all in TensorFlow ops."""
-        words, source_ids = self._source_ids(sentences)
+        ids, source_ids = self._source_ids(sentences)
         output_ids = greedy_decode(self.layers, source_ids, self.sequence_length)
         text = self.target_vocab.decode(output_ids)
-        return tf.where(words.row_lengths() > 0, text, tf.constant(""))
+        return tf.where(ids.row_lengths() > 0, text, tf.constant(""))
 
     def source_stats_graph(self, sentences):
-        """Per sentence: tokens found, tokens unknown to the vocabulary, and the model's limit."""
-        words = split_words(sentences)
-        ids = self.source_vocab.lookup(words)
-        num_words = tf.cast(words.row_lengths(), tf.int32)
+        """Per sentence: tokens found, tokens unknown to the vocabulary, and the model's limit.
+
+        Tokens are words (word runs) or pieces (subword runs); unknown tokens
+        are `[UNK]` words, or pieces that spell a character as bytes.
+        """
+        ids = self.source_vocab.encode(sentences)
+        num_words = tf.cast(ids.row_lengths(), tf.int32)
         return {
             "num_words": num_words,
-            "num_unknown": tf.reduce_sum(tf.cast(ids == UNK_ID, tf.int32), axis=1),
+            "num_unknown": self.source_vocab.count_unknown(ids),
             "max_words": tf.fill(tf.shape(num_words), self.sequence_length),
         }
 
@@ -210,7 +219,12 @@ class Translator:
         Returns:
             `(source_tokens, output_tokens, weights)` where `weights` has shape
             `(len(output_tokens), len(source_tokens))`, averaged over heads;
-            output tokens end with `[END]` when the model produced it.
+            output tokens end with `[END]` when the model produced it. In a
+            subword run the tokens are words (space-separated, punctuation
+            attached as written): a source word's column is the **sum** of
+            its pieces' columns (the attention the word receives; rows still
+            sum to 1) and an output word's row the **mean** of its pieces'
+            rows (`merge_attention`).
         """
         source_ids, output_ids = self.translate_ids([sentence])
         source_len = int((source_ids[0] != PAD_ID).sum())
@@ -224,9 +238,37 @@ class Translator:
             decoder_input, encoded, source_mask, return_attention_scores=True
         )
         weights = np.asarray(scores)[0].mean(axis=0)  # (T, S)
+        if self.subword:
+            source_pieces = [self.source_vocab.tokens[i] for i in source_ids[0, :source_len]]
+            output_pieces = [self.target_vocab.tokens[i] for i in out[:out_len]]
+            return merge_attention(source_pieces, output_pieces, weights)
         source_words = [w.decode("utf-8") for w in split_words(sentence).numpy()][:source_len]
         output_words = [self.target_vocab.tokens[i] for i in out[:out_len]]
         return source_words, output_words, weights
+
+
+def merge_attention(
+    source_pieces: Sequence[str], output_pieces: Sequence[str], weights: np.ndarray
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Attention over subword pieces as attention over words (`tokens.group_pieces`).
+
+    Columns (source) of a word's pieces are summed: the share of attention the
+    word receives, so each row still sums to 1. Rows (output) of a word's
+    pieces are averaged: the word's mean attention, also summing to 1. A
+    trailing `[END]` keeps its own row.
+
+    Returns:
+        `(source_words, output_words, weights (len(output_words), len(source_words)))`.
+    """
+    end = [i for i, p in enumerate(output_pieces) if p == END]
+    body = output_pieces[: end[0]] if end else output_pieces
+    source_groups = group_pieces(source_pieces)
+    output_groups = group_pieces(body) + ([[len(body)]] if end else [])
+    columns = np.stack([weights[:, g].sum(axis=1) for g in source_groups], axis=1)
+    merged = np.stack([columns[g].mean(axis=0) for g in output_groups], axis=0)
+    source_words = [join_pieces(source_pieces[i] for i in g).strip() for g in source_groups]
+    output_words = [join_pieces(body[i] for i in g).strip() for g in group_pieces(body)]
+    return source_words, output_words + ([END] if end else []), merged
 
 
 class ExportedTranslator:
@@ -244,6 +286,10 @@ class ExportedTranslator:
         if not (path / "saved_model.pb").is_file():
             path = latest_version_path(path)
         self.path = path
+        # A subword export holds TF Text ops (SentencePiece): importing
+        # tensorflow_text registers them, and must come before loading.
+        import tensorflow_text  # noqa: F401
+
         try:
             self._loaded = tf.saved_model.load(str(path))
         except Exception as e:  # A corrupt SavedModel raises assorted TF errors.

@@ -152,16 +152,19 @@ class Vocabulary(tf.Module):
         """Token ids of each string of a 1-D batch: `RaggedTensor` `(batch, None)`, int32."""
         return self.lookup(split_words(text))
 
+    def count_unknown(self, ids: tf.RaggedTensor) -> tf.Tensor:
+        """`[UNK]` ids per row of `ids` (int32): words the vocabulary lacks."""
+        return tf.reduce_sum(tf.cast(ids == UNK_ID, tf.int32), axis=1)
+
     def decode(self, ids) -> tf.Tensor:
         """Text of each row of token ids, shape `(batch, length)`.
 
         A row ends at its first `[END]`; `[PAD]` and `[START]` are dropped,
         `[UNK]` is written as `[UNK]`.
         """
-        ids = tf.convert_to_tensor(ids)
-        if isinstance(ids, tf.RaggedTensor):
+        if isinstance(ids, tf.RaggedTensor):  # (convert_to_tensor refuses ragged input)
             ids = ids.to_tensor(default_value=PAD_ID)
-        ids = tf.cast(ids, tf.int32)
+        ids = tf.cast(tf.convert_to_tensor(ids), tf.int32)
         after_end = tf.cumsum(tf.cast(ids == END_ID, tf.int32), axis=-1) > 0
         keep = ~after_end & (ids != PAD_ID) & (ids != START_ID)
         words = tf.ragged.boolean_mask(tf.gather(self._id_to_token, ids), keep)
@@ -232,21 +235,102 @@ def pad_batch(ids: tf.RaggedTensor, max_length: int) -> tf.Tensor:
 
 
 def build_vocabularies(train_pairs, config):
-    """English and Spanish `Vocabulary` of the training pairs (`Pair`s), capped by the config.
+    """English and Spanish vocabularies of the training pairs (`Pair`s), as the config says.
 
-    `config` needs `source_vocab_size`, `target_vocab_size` and `min_count`
-    (a `TranslatorConfig`).
+    `config` (a `TranslatorConfig`) picks the tokenizer: word `Vocabulary`s
+    capped by `source_vocab_size` / `target_vocab_size` and `min_count`, or
+    `subword.SubwordVocabulary`s of that many pieces; with `shared_vocab`, one
+    subword vocabulary learned from both languages, returned twice (the same
+    object).
     """
+    english = [p.english for p in train_pairs]
+    spanish = [p.spanish for p in train_pairs]
+    if config.tokenizer == "subword":
+        from apps.translator.subword import SubwordVocabulary
+
+        if config.shared_vocab:
+            shared = SubwordVocabulary.from_texts(
+                english + spanish, config.source_vocab_size, "shared_vocab"
+            )
+            return shared, shared
+        return (
+            SubwordVocabulary.from_texts(english, config.source_vocab_size, "source_vocab"),
+            SubwordVocabulary.from_texts(spanish, config.target_vocab_size, "target_vocab"),
+        )
     source_vocab = Vocabulary.from_texts(
-        (p.english for p in train_pairs),
-        config.source_vocab_size,
-        config.min_count,
-        "source_vocab",
+        english, config.source_vocab_size, config.min_count, "source_vocab"
     )
     target_vocab = Vocabulary.from_texts(
-        (p.spanish for p in train_pairs),
-        config.target_vocab_size,
-        config.min_count,
-        "target_vocab",
+        spanish, config.target_vocab_size, config.min_count, "target_vocab"
     )
     return source_vocab, target_vocab
+
+
+def save_vocabularies(directory, source_vocab, target_vocab) -> None:
+    """Writes both vocabularies into `directory`, each file atomically.
+
+    Every tokenizer writes `vocab_source.txt` / `vocab_target.txt` (one token
+    per line, line i = id i: what NumPy-only processes read); a subword
+    vocabulary also writes its SentencePiece model (`subword_*.model`), the
+    file the graph tokenises with.
+    """
+    from apps.translator.config import (
+        SOURCE_SUBWORD_FILE,
+        SOURCE_VOCAB_FILE,
+        TARGET_SUBWORD_FILE,
+        TARGET_VOCAB_FILE,
+    )
+
+    directory = Path(directory)
+    for vocab, tokens_file, model_file in (
+        (source_vocab, SOURCE_VOCAB_FILE, SOURCE_SUBWORD_FILE),
+        (target_vocab, TARGET_VOCAB_FILE, TARGET_SUBWORD_FILE),
+    ):
+        save_tokens(directory / tokens_file, vocab.tokens)
+        if not isinstance(vocab, Vocabulary):
+            vocab.save(directory / model_file)
+
+
+def load_vocabularies(directory, config):
+    """The (source, target) vocabularies that `save_vocabularies` wrote for `config`.
+
+    A shared subword vocabulary is loaded once and returned twice.
+
+    Raises:
+        MissingFileError: a file is missing.
+        DataError: a file is damaged, or a subword model does not match its
+            token list.
+    """
+    from apps.common.errors import DataError
+    from apps.translator.config import (
+        SOURCE_SUBWORD_FILE,
+        SOURCE_VOCAB_FILE,
+        TARGET_SUBWORD_FILE,
+        TARGET_VOCAB_FILE,
+    )
+
+    directory = Path(directory)
+    if config.tokenizer != "subword":
+        return (
+            Vocabulary.load(directory / SOURCE_VOCAB_FILE, name="source_vocab"),
+            Vocabulary.load(directory / TARGET_VOCAB_FILE, name="target_vocab"),
+        )
+    from apps.translator.subword import SubwordVocabulary
+
+    vocabs = []
+    for tokens_file, model_file, side in (
+        (SOURCE_VOCAB_FILE, SOURCE_SUBWORD_FILE, "source"),
+        (TARGET_VOCAB_FILE, TARGET_SUBWORD_FILE, "target"),
+    ):
+        if config.shared_vocab and vocabs:
+            vocab = vocabs[0]
+        else:
+            name = "shared_vocab" if config.shared_vocab else f"{side}_vocab"
+            vocab = SubwordVocabulary.load(directory / model_file, name=name)
+        if load_tokens(directory / tokens_file) != vocab.tokens:
+            raise DataError(
+                f"{directory / tokens_file} does not list the pieces of {directory / model_file}: "
+                "the files come from different runs; copy the run directory again or retrain."
+            )
+        vocabs.append(vocab)
+    return vocabs[0], vocabs[1]

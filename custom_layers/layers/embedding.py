@@ -246,3 +246,146 @@ class SinusoidalPositionEncoding(keras.layers.Layer):
         config = super().get_config()
         config.update({"max_wavelength": self.max_wavelength})
         return config
+
+
+@keras.saving.register_keras_serializable(package="custom_layers")
+class LearnedPositionEncoding(keras.layers.Layer):
+    """A learned position table, returned for the positions of the input.
+
+    The learned counterpart of `SinusoidalPositionEncoding`: returns the rows
+    `start_index, ..., start_index + seq - 1` of a trainable
+    `(sequence_length, dim)` table, broadcast to the shape of `inputs`; the
+    caller adds them to its embeddings (`keras.layers.Add()([x, encoding])`
+    keeps the Keras mask of `x`). With a `ReversibleEmbedding` it makes what
+    `PositionalEmbedding` makes, when the token table is shared with other
+    layers (tied input and output embeddings).
+
+    Args:
+        sequence_length: int. The number of learned positions (maximum length).
+        initializer: initializer of the table. Defaults to `"uniform"` (as
+            `PositionalEmbedding`).
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: float tensor of shape `(batch, seq, dim)`; only its shape and
+            dtype are used.
+        start_index: int or scalar int tensor. Position of the first row.
+            Must be passed by keyword. Defaults to 0.
+
+    Returns:
+        Tensor with the shape and compute dtype of `inputs`. The Keras mask of
+        `inputs`, if any, is passed on.
+
+    Example:
+
+    >>> x = np.zeros((2, 5, 16), "float32")
+    >>> LearnedPositionEncoding(sequence_length=8)(x).shape
+    (2, 5, 16)
+
+    Reference:
+        Devlin et al., 2019, "BERT" (learned absolute position embeddings).
+    """
+
+    def __init__(self, sequence_length, initializer="uniform", **kwargs):
+        check_positive_int("sequence_length", sequence_length)
+        super().__init__(**kwargs)
+        self.sequence_length = sequence_length
+        self.initializer = keras.initializers.get(initializer)
+        self.supports_masking = True
+
+    def build(self, inputs_shape):
+        dim = inputs_shape[-1]
+        if dim is None:
+            raise ValueError(
+                f"The last dimension of `inputs` must be known. Received: inputs_shape={inputs_shape}"
+            )
+        self.position_embeddings = self.add_weight(
+            shape=(self.sequence_length, dim),
+            initializer=self.initializer,
+            name="position_embeddings",
+        )
+
+    def call(self, inputs, start_index=0):
+        length = inputs.shape[-2]
+        _check_static_start_index(start_index, length, self.sequence_length)
+        if length is None:
+            length = ops.shape(inputs)[-2]
+        if not isinstance(start_index, int):
+            start_index = ops.cast(start_index, "int32")
+        table = ops.convert_to_tensor(self.position_embeddings)
+        positions = ops.slice(table, (start_index, 0), (length, table.shape[-1]))
+        return ops.broadcast_to(ops.cast(positions, self.compute_dtype), ops.shape(inputs))
+
+    def compute_output_shape(self, inputs_shape):
+        return tuple(inputs_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "sequence_length": self.sequence_length,
+                "initializer": keras.initializers.serialize(self.initializer),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="custom_layers")
+class ReversibleEmbedding(keras.layers.Embedding):
+    """A token embedding that also projects vectors back onto the vocabulary (tied weights).
+
+    `layer(ids)` looks up rows of the `(input_dim, output_dim)` matrix, as
+    `keras.layers.Embedding` does; `layer(x, reverse=True)` returns
+    `x @ embeddings.T`, one logit per token id. Calling one layer both ways
+    ties the input embedding and the output projection (Press & Wolf 2017);
+    calling it on two inputs (source and target ids) shares it between them.
+
+    Masks: a forward call masks id 0 when `mask_zero=True`; a reverse call
+    passes on the Keras mask of `x` unchanged.
+
+    Args:
+        input_dim: int. The number of token ids.
+        output_dim: int. The size of each embedding vector.
+        **kwargs: `keras.layers.Embedding` arguments (`mask_zero`,
+            `embeddings_initializer`, `name`, ...).
+
+    Call arguments:
+        inputs: integer ids `(..., seq)`, or with `reverse=True` float
+            vectors `(..., output_dim)`.
+        reverse: bool. Project vectors onto the vocabulary instead of
+            looking ids up. Defaults to False.
+
+    Returns:
+        `(..., seq, output_dim)` embeddings, or `(..., input_dim)` logits.
+
+    Example:
+
+    >>> layer = ReversibleEmbedding(100, 16)
+    >>> vectors = layer(np.array([[5, 7, 9]]))
+    >>> layer(vectors, reverse=True).shape
+    (1, 3, 100)
+
+    Reference:
+        Press & Wolf, 2017, "Using the Output Embedding to Improve Language
+        Models"; KerasHub's `ReversibleEmbedding`.
+    """
+
+    def call(self, inputs, reverse=False):
+        if reverse:
+            kernel = ops.cast(ops.transpose(self.embeddings), self.compute_dtype)
+            return ops.matmul(ops.cast(inputs, self.compute_dtype), kernel)
+        return super().call(inputs)
+
+    def compute_mask(self, inputs, mask=None):
+        if "float" in str(getattr(inputs, "dtype", "")):
+            return mask  # A reverse call: the vectors' mask passes through.
+        return super().compute_mask(inputs, mask)
+
+    def compute_output_shape(self, input_shape, reverse=False):
+        if reverse:
+            return (*input_shape[:-1], self.input_dim)
+        return super().compute_output_shape(input_shape)
+
+    def compute_output_spec(self, inputs, reverse=False):
+        shape = self.compute_output_shape(inputs.shape, reverse=reverse)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 from keras import ops
 
-from custom_layers.layers.embedding import PositionalEmbedding, SinusoidalPositionEncoding
+from custom_layers.layers.embedding import (
+    LearnedPositionEncoding,
+    PositionalEmbedding,
+    ReversibleEmbedding,
+    SinusoidalPositionEncoding,
+)
 from tests.layer_testing import run_layer_test
 
 TOKENS = np.array([[5, 7, 9, 2, 0, 0], [1, 3, 3, 8, 6, 4]], dtype="int32")
@@ -187,3 +192,81 @@ def test_sinusoidal_rejects_bad_arguments():
         SinusoidalPositionEncoding(max_wavelength=0)
     with pytest.raises(ValueError, match="start_index=-2"):
         SinusoidalPositionEncoding()(np.zeros((1, 3, 4), "float32"), start_index=-2)
+
+
+# --------------------------------------------------------------------------- LearnedPositionEncoding
+
+
+def test_learned_position_encoding_standard_checks(tmp_path):
+    run_layer_test(
+        LearnedPositionEncoding,
+        {"sequence_length": 8, "initializer": "glorot_uniform"},
+        np.random.default_rng(0).random((2, 6, 4)).astype("float32"),
+        expected_output_shape=(2, 6, 4),
+        expected_num_trainable_weights=1,
+        expected_num_non_trainable_weights=0,
+        supports_masking=True,
+        tmp_path=tmp_path,
+    )
+
+
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["int", "tensor"])
+def test_learned_position_encoding_is_the_table_rows(as_tensor):
+    layer = LearnedPositionEncoding(sequence_length=8)
+    x = np.zeros((2, 3, 4), "float32")
+    start = ops.convert_to_tensor(2, dtype="int32") if as_tensor else 2
+    out = ops.convert_to_numpy(layer(x, start_index=start))
+    table = _numpy(layer.position_embeddings)
+    np.testing.assert_allclose(out, np.broadcast_to(table[2:5], (2, 3, 4)), atol=1e-7)
+
+
+def test_learned_position_encoding_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="Received: sequence_length=0"):
+        LearnedPositionEncoding(sequence_length=0)
+    with pytest.raises(ValueError, match="exceed the `sequence_length`"):
+        LearnedPositionEncoding(sequence_length=4)(np.zeros((1, 3, 2), "float32"), start_index=2)
+
+
+# --------------------------------------------------------------------------- ReversibleEmbedding
+
+
+def test_reversible_embedding_standard_checks(tmp_path):
+    run_layer_test(
+        ReversibleEmbedding,
+        {"input_dim": 10, "output_dim": 4, "mask_zero": True},
+        TOKENS,
+        expected_output_shape=(2, 6, 4),
+        expected_num_trainable_weights=1,
+        expected_num_non_trainable_weights=0,
+        supports_masking=True,
+        tmp_path=tmp_path,
+    )
+
+
+def test_reversible_embedding_reverse_is_matmul_with_the_transposed_table():
+    layer = ReversibleEmbedding(10, 4)
+    vectors = ops.convert_to_numpy(layer(TOKENS))
+    table = _numpy(layer.embeddings)
+    np.testing.assert_allclose(vectors, table[TOKENS], atol=1e-7)
+    logits = ops.convert_to_numpy(layer(vectors, reverse=True))
+    np.testing.assert_allclose(logits, vectors @ table.T, atol=1e-6)
+    assert layer.compute_output_shape((2, 6, 4), reverse=True) == (2, 6, 10)
+
+
+def test_reversible_embedding_ties_input_and_output_in_a_model(tmp_path):
+    tokens = keras.Input((None,), dtype="int32")
+    shared = ReversibleEmbedding(10, 4, mask_zero=True, name="tied")
+    x = shared(tokens)
+    logits = shared(keras.layers.Dense(4, name="mix")(x), reverse=True)
+    model = keras.Model(tokens, logits)
+    assert [w.path for w in model.weights if tuple(w.shape) == (10, 4)] == ["tied/embeddings"]
+    # Forward calls mask id 0; a reverse call passes the vectors' mask on.
+    ids_mask = ops.convert_to_numpy(shared.compute_mask(TOKENS))
+    np.testing.assert_array_equal(ids_mask, TOKENS != 0)
+    vectors = shared(TOKENS)
+    assert shared.compute_mask(vectors, mask=ids_mask) is ids_mask
+    model.save(tmp_path / "tied.keras")
+    loaded = keras.saving.load_model(tmp_path / "tied.keras")
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(loaded(TOKENS)), ops.convert_to_numpy(model(TOKENS)), atol=1e-6
+    )

@@ -29,10 +29,15 @@ def _every_layer_model():
     src = layers.PositionalEmbedding(6, 20, 8)(source)
     src = keras.layers.Add()([src, layers.SinusoidalPositionEncoding()(src)])
     encoded = layers.TransformerEncoder(16, num_heads=2)(src)
-    tgt = layers.PositionalEmbedding(5, 20, 8)(target)
+    # Tied input/output embeddings: one matrix embeds the target and projects onto the vocabulary.
+    tied = layers.ReversibleEmbedding(20, 8, mask_zero=True, name="tied")
+    tgt = tied(target)
+    tgt = keras.layers.Add()([tgt, layers.LearnedPositionEncoding(5)(tgt)])
     decoded = layers.TransformerDecoder(16, num_heads=2, normalize_first=True)(tgt, encoded)
     attended = layers.CachedMultiHeadAttention(num_heads=2, key_dim=4)(decoded, encoded)
-    logits = keras.layers.Dense(20, name="logits")(attended)
+    logits = keras.layers.Add(name="logits")(
+        [keras.layers.Dense(20, name="dense_logits")(attended), tied(attended, reverse=True)]
+    )
 
     pooled = keras.layers.GlobalAveragePooling1D()(attended)
     merged = keras.layers.Concatenate()([x, pooled])

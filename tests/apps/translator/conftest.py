@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from apps.translator.config import tiny
+from apps.translator.config import tiny, tiny_subword
 from apps.translator.data import Splits, load_splits
 from apps.translator.decoding import compile_decoder
 from apps.translator.model import DECODER_INPUT, SOURCE_INPUT, TranslatorLayers, build_model
@@ -88,6 +88,17 @@ def tiny_run(tmp_path_factory, spa_splits):
     run_dir = tmp_path_factory.mktemp("translator") / "run"
     small = Splits(spa_splits.train[:4000], spa_splits.val[:400], spa_splits.test[:200])
     config = dataclasses.replace(tiny(), epochs=3, eval_sentences=40)
+    metrics = train(config, run_dir=run_dir, splits=small, verbose=0)
+    return run_dir, metrics
+
+
+@pytest.fixture(scope="session")
+def tiny_subword_run(tmp_path_factory, spa_splits):
+    """A `tiny-subword` model (shared vocabulary, tied embeddings) trained 3 epochs on 4000
+    real pairs; returns (run_dir, metrics)."""
+    run_dir = tmp_path_factory.mktemp("translator_subword") / "run"
+    small = Splits(spa_splits.train[:4000], spa_splits.val[:400], spa_splits.test[:200])
+    config = dataclasses.replace(tiny_subword(), epochs=3, eval_sentences=40)
     metrics = train(config, run_dir=run_dir, splits=small, verbose=0)
     return run_dir, metrics
 

@@ -41,7 +41,9 @@ def test_default_preset_fits_the_hour_budget():
 
 
 def test_unknown_preset_lists_known_ones():
-    with pytest.raises(ValueError, match="Known presets: default, keras-io-reference, large, tiny"):
+    with pytest.raises(
+        ValueError, match="Known presets: default, keras-io-reference, large, tiny, tiny-subword\\."
+    ):
         get_config("huge")
 
 

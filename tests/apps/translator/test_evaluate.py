@@ -80,3 +80,19 @@ def test_translate_ids_refuses_a_bad_batch_size(batch_size):
 
     with pytest.raises(UserError, match=re.escape(f"Received: batch_size={batch_size!r}")):
         translate_ids(None, np.zeros((2, 4), "int32"), [], batch_size=batch_size)
+
+
+def test_rare_word_pairs_holds_sentences_with_a_word_seen_under_three_times():
+    from apps.translator.data import Pair
+    from apps.translator.evaluate import english_words, rare_word_pairs
+
+    train = [Pair("Tom is here.", "a"), Pair("Tom is tall.", "b"), Pair("Tom is here!", "c")]
+    test = [
+        Pair("Tom is here.", "x"),  # Tom 3, is 3, here 2: rare
+        Pair("Tom is.", "y"),  # Tom 3, is 3: not rare
+        Pair("Xanthippe is.", "z"),  # unseen: rare
+        Pair("tom is.", "w"),  # case-sensitive: "tom" unseen
+    ]
+    assert english_words("Don't stop, well-known 37!") == ["Don't", "stop", "well-known", "37"]
+    assert [p.spanish for p in rare_word_pairs(train, test)] == ["x", "z", "w"]
+    assert [p.spanish for p in rare_word_pairs(train, test, max_count=2)] == ["z", "w"]
