@@ -3,6 +3,8 @@
     python benchmarks/translator_quality.py --preset default
     python benchmarks/translator_quality.py --model runs/translator/<run>   # score an existing run
     python benchmarks/translator_quality.py --preset default --pairs withheld.tsv
+    python benchmarks/translator_quality.py --preset default --epochs 1 \
+        --set shared_vocab=False --name default-separate-1ep    # a variant of a preset
 
 Training writes a normal run directory (default `runs/translator/quality-<preset>-<time>`),
 so the model can be exported afterwards. Scores are sacreBLEU (13a, cased) and
@@ -10,7 +12,7 @@ chrF against all references of each test sentence, plus single-reference BLEU, o
 whole test split and on its rare-word slice: the test pairs whose English holds a word
 seen fewer than 3 times in the training split (`evaluate.rare_word_pairs`), a proxy for
 text the corpus never saw.
-Writes `benchmarks/results/translator_quality_<preset>.json`.
+Writes `benchmarks/results/translator_quality_<name or preset>.json`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from apps.common.cli import default_run_dir  # noqa: E402
-from apps.common.config import apply_overrides, config_to_dict, load_config  # noqa: E402
+from apps.common.config import (  # noqa: E402
+    apply_overrides,
+    config_to_dict,
+    load_config,
+    parse_override,
+)
 from apps.common.data import find_shared_data  # noqa: E402
 from apps.common.io import atomic_write_json  # noqa: E402
 from apps.common.machine import machine_info  # noqa: E402
@@ -48,6 +55,18 @@ def main(argv=None):
     parser.add_argument("--time-budget-minutes", type=float, default=None)
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--pairs", type=Path, default=None, help="extra withheld pairs to score")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a config field (repeatable), e.g. --set shared_vocab=False",
+    )
+    parser.add_argument(
+        "--name", default=None, help="names the run and the result file (default: the preset)"
+    )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -59,9 +78,10 @@ def main(argv=None):
             get_config(args.preset),
             epochs=args.epochs,
             time_budget_minutes=args.time_budget_minutes,
+            **dict(args.overrides),
         )
         run_dir = args.run_dir or default_run_dir("translator").with_name(
-            f"quality-{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+            f"quality-{args.name or args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         train_metrics = train(config, run_dir=run_dir, splits=splits)
         train_metrics.pop("samples", None)
@@ -89,7 +109,7 @@ def main(argv=None):
     }
     if args.pairs is not None:
         report["withheld"] = evaluate_pairs(translator, read_pairs(args.pairs), num_samples=10)
-    name = args.preset if args.model is None else run_dir.name
+    name = args.name or (args.preset if args.model is None else run_dir.name)
     output = args.output or ROOT / "benchmarks" / "results" / f"translator_quality_{name}.json"
     atomic_write_json(output, report)
     summary = {

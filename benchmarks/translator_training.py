@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import keras  # noqa: E402
 
+from apps.common.config import apply_overrides, parse_override  # noqa: E402
 from apps.common.data import find_shared_data  # noqa: E402
 from apps.common.io import atomic_write_json  # noqa: E402
 from apps.common.machine import machine_info  # noqa: E402
@@ -51,11 +52,13 @@ class _Timer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def measure(preset: str, splits, steps: int, warmup: int, jit_compile) -> dict:
-    config = get_config(preset)
+def measure(preset: str, splits, steps: int, warmup: int, jit_compile, overrides=()) -> dict:
+    config = apply_overrides(get_config(preset), **dict(overrides))
     keras.utils.set_random_seed(config.seed)
     train = splits.train
+    start = time.perf_counter()
     source_vocab, target_vocab = build_vocabularies(train, config)
+    vocabulary_seconds = time.perf_counter() - start
     ds, steps_per_epoch = make_dataset(
         train,
         source_vocab,
@@ -65,6 +68,7 @@ def measure(preset: str, splits, steps: int, warmup: int, jit_compile) -> dict:
         shuffle=True,
         seed=config.seed,
         bucket_by_length=config.bucket_by_length,
+        pad_batches=True,  # As training does: one batch shape per length bucket.
     )
     model = build_model(config, source_vocab.size, target_vocab.size)
     compile_model(model, config, total_steps=steps_per_epoch * config.epochs)
@@ -86,6 +90,7 @@ def measure(preset: str, splits, steps: int, warmup: int, jit_compile) -> dict:
     tokens = [int((y.numpy() != 0).sum()) for _, y in ds.take(warmup + steps)][warmup:]
     return {
         "preset": preset,
+        "overrides": dict(overrides),
         "batch_size": config.batch_size,
         "bucket_by_length": config.bucket_by_length,
         "jit_compile": bool(model.jit_compile),
@@ -98,6 +103,7 @@ def measure(preset: str, splits, steps: int, warmup: int, jit_compile) -> dict:
         "target_tokens_per_second": round(sum(tokens) / sum(timed), 1),
         "steps_per_epoch": steps_per_epoch,
         "estimated_epoch_minutes": round(steps_per_epoch * ms / 60000.0, 1),
+        "vocabulary_seconds": round(vocabulary_seconds, 1),
     }
 
 
@@ -109,6 +115,15 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--jit-compile", choices=("config", "on", "off"), default="config")
     parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a config field of every preset (repeatable), e.g. --set batch_size=128",
+    )
+    parser.add_argument(
         "--output", type=Path, default=ROOT / "benchmarks/results/translator_training.json"
     )
     args = parser.parse_args(argv)
@@ -117,7 +132,7 @@ def main(argv=None):
     splits = load_splits(data)
     results = []
     for preset in args.presets:
-        result = measure(preset, splits, args.steps, args.warmup, jit)
+        result = measure(preset, splits, args.steps, args.warmup, jit, args.overrides)
         print(json.dumps(result), flush=True)
         results.append(result)
     report = {

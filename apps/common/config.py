@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -175,3 +176,21 @@ def apply_overrides(cfg: Cfg, **overrides: Any) -> Cfg:
         )
     changes = {k: v for k, v in overrides.items() if v is not None}
     return dataclasses.replace(cfg, **changes)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"name=value"` -> `(name, value)`: a Python literal, else the string itself.
+
+    For benchmark flags such as `--set batch_size=128 --set shared_vocab=False`;
+    `apply_overrides` then checks the name against the config's fields.
+
+    Raises:
+        ValueError: `text` has no `=` or an empty name.
+    """
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"Expected NAME=VALUE. Received: {text!r}")
+    try:
+        return name.strip(), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name.strip(), value

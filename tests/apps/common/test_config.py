@@ -8,6 +8,7 @@ from apps.common.config import (
     config_to_dict,
     get_preset,
     load_config,
+    parse_override,
     save_config,
 )
 
@@ -91,3 +92,25 @@ def test_apply_overrides_ignores_none_and_rejects_unknown():
     assert cfg.epochs == 3  # original untouched
     with pytest.raises(ValueError, match="Unknown config field.*colour"):
         apply_overrides(cfg, colour="red")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("batch_size=128", ("batch_size", 128)),
+        ("lr=3e-4", ("lr", 3e-4)),
+        ("shared_vocab=False", ("shared_vocab", False)),
+        ("key_dim=None", ("key_dim", None)),
+        ("filters=(8, 16)", ("filters", (8, 16))),
+        ("optimizer=adamw", ("optimizer", "adamw")),  # not a literal: the string
+        (" name =a=b", ("name", "a=b")),
+    ],
+)
+def test_parse_override(text, expected):
+    assert parse_override(text) == expected
+
+
+@pytest.mark.parametrize("text", ["batch_size", "=3", ""])
+def test_parse_override_needs_a_name_and_a_value(text):
+    with pytest.raises(ValueError, match="Expected NAME=VALUE"):
+        parse_override(text)

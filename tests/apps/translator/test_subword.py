@@ -432,3 +432,69 @@ def test_names_and_numbers_copy_through(spa_splits, tmp_path):
     train(config, run_dir=tmp_path / "run", splits=small, verbose=0)
     translation = Translator.from_run_dir(tmp_path / "run").translate([english])[0]
     assert "Xanthippe" in translation and "37" in translation, translation
+
+
+_TEMPLATES = [
+    ("{name} bought {number} apples.", "{name} compró {number} manzanas."),
+    ("My name is {name}.", "Me llamo {name}."),
+    ("{name} is {number} years old.", "{name} tiene {number} años."),
+    ("I saw {name} in {place}.", "Vi a {name} en {place}."),
+    ("{name} lives in {place}.", "{name} vive en {place}."),
+    ("There are {number} books.", "Hay {number} libros."),
+]
+_LETTERS = list("abcdefghijklmnopqrstuvwxyz")
+
+
+def _copy_pairs(n: int, seed: int):
+    """Template pairs whose names, places and numbers are random: only copying translates them."""
+    from apps.translator.data import Pair
+
+    rng = np.random.default_rng(seed)
+
+    def word():
+        return "".join(rng.choice(_LETTERS, rng.integers(3, 10))).capitalize()
+
+    pairs = []
+    for _ in range(n):
+        english, spanish = _TEMPLATES[rng.integers(len(_TEMPLATES))]
+        fill = {"name": word(), "place": word(), "number": str(rng.integers(2, 1000))}
+        pairs.append(Pair(english.format(**fill), spanish.format(**fill)))
+    return pairs
+
+
+def test_unseen_names_and_numbers_copy_through_a_shared_vocabulary(tmp_path):
+    """Trained on templates with random names and numbers, the shared-vocabulary model copies
+    names and numbers it never saw (through subword pieces and tied embeddings)."""
+    from apps.translator.train import train
+
+    training = _copy_pairs(4000, seed=0)
+    config = dataclasses.replace(
+        tiny_subword(),
+        sequence_length=32,
+        source_vocab_size=400,
+        target_vocab_size=400,
+        embed_dim=64,
+        intermediate_dim=128,
+        epochs=16,
+        batch_size=64,
+        learning_rate=3e-3,
+        warmup_steps=50,
+        eval_sentences=0,
+        seed=3,
+    )
+    train(config, run_dir=tmp_path / "run", splits=Splits(training, training[:64], []), verbose=0)
+    seen = {w for p in training for w in p.english.split()}
+    sentences = [
+        "Xanthippe bought 37 apples.",
+        "My name is Quzorudro.",
+        "Bikalo is 58 years old.",
+        "I saw Thipne in Mizoka.",
+    ]
+    assert not {"Xanthippe", "Quzorudro.", "Bikalo", "Thipne", "Mizoka."} & seen
+    translations = Translator.from_run_dir(tmp_path / "run").translate(sentences)
+    assert translations == [
+        "Xanthippe compró 37 manzanas.",
+        "Me llamo Quzorudro.",
+        "Bikalo tiene 58 años.",
+        "Vi a Thipne en Mizoka.",
+    ]
