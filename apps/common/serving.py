@@ -1,10 +1,15 @@
-"""TensorFlow Serving: a small REST client.
+"""TensorFlow Serving: a small REST client, and `connect` for REST or gRPC.
 
 The client speaks TF Serving's REST API (port 8501 by default):
 
 - `GET  /v1/models/{name}[/versions/{v}]`            model status
 - `GET  /v1/models/{name}[/versions/{v}]/metadata`   signatures (names, dtypes, shapes)
 - `POST /v1/models/{name}[/versions/{v}]:predict`    `{"instances": [...]}` -> `{"predictions": [...]}`
+
+(`/labels/{label}` in place of `/versions/{v}` addresses a version label.)
+`connect(server, ...)` returns this client for `http(s)://HOST:8501` and
+`apps.common.serving_grpc.GrpcServingClient` (same interface, same errors;
+needs `tensorflow-serving-api`) for `grpc://HOST:8500`.
 
 It uses only the standard library (`urllib`), so calling a server adds no
 dependency. Connection failures (refused, reset, connect timeout) are retried a
@@ -106,8 +111,21 @@ class MalformedResponseError(ServingError):
     """The server answered, but not with the JSON this API returns."""
 
 
+class LabelNotFoundError(ServingError):
+    """The model has no version with that label (`version_labels` in models.config)."""
+
+
 class ServerError(ServingError):
-    """The server refused or failed the request; its `{"error": ...}` is passed through."""
+    """The server refused or failed the request; its `{"error": ...}` is passed through.
+
+    Over gRPC, `status` is the HTTP status TF Serving's REST API gives for the
+    same gRPC code (INVALID_ARGUMENT -> 400, RESOURCE_EXHAUSTED -> 429, ...)
+    and `code` the gRPC code's name; over REST `code` is `None`.
+    """
+
+    def __init__(self, message, *, code=None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.code = code
 
 
 # ----------------------------------------------------------------------------
@@ -153,6 +171,109 @@ def _json_default(obj: Any) -> Any:
 # Client
 # ----------------------------------------------------------------------------
 
+_LABEL_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+# TF Serving's words when a request names a label the model does not have.
+UNKNOWN_LABEL_TEXT = "Unrecognized servable version label"
+
+
+def check_client_args(model_name, version, label, timeout, retries, backoff) -> None:
+    """The argument checks both clients share; raises `UserError` naming the bad one."""
+    if not isinstance(model_name, str) or not _MODEL_NAME_RE.fullmatch(model_name):
+        raise UserError(
+            f"model_name must be a TF Serving model name (letters, digits, '_', '.', '-'). "
+            f"Received: model_name={model_name!r}"
+        )
+    if version is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or version < 0
+    ):
+        raise UserError(
+            f"version must be a non-negative integer or None. Received: version={version!r}"
+        )
+    if label is not None and (not isinstance(label, str) or not _LABEL_RE.fullmatch(label)):
+        raise UserError(
+            f"label must be a version label such as 'stable' (a letter, then letters, digits, "
+            f"'_', '-'). Received: label={label!r}"
+        )
+    if version is not None and label is not None:
+        raise UserError(
+            f"address a version or a label, not both. Received: version={version!r}, "
+            f"label={label!r}"
+        )
+    if not timeout or timeout <= 0:
+        raise UserError(f"timeout must be a positive number of seconds. Received: {timeout=}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise UserError(f"retries must be a non-negative integer. Received: {retries=}")
+    if backoff < 0:
+        raise UserError(f"backoff must be >= 0 seconds. Received: {backoff=}")
+
+
+def check_instances(instances: Any) -> list:
+    """`instances` as a non-empty list (NumPy arrays accepted), or a `UserError`."""
+    if hasattr(instances, "tolist"):
+        instances = instances.tolist()
+    if isinstance(instances, (str, bytes, Mapping)) or not isinstance(instances, Sequence):
+        raise UserError(
+            f"instances must be a list with one entry per example. "
+            f"Received: instances of type {type(instances).__name__}"
+        )
+    if not instances:
+        raise UserError("instances is empty: pass at least one example.")
+    return list(instances)
+
+
+def label_not_found(client, url: str, message: str, status) -> LabelNotFoundError:
+    """The error for a label the server does not know (both clients)."""
+    return LabelNotFoundError(
+        f"model {client.model_name!r} has no version labelled {client.label!r} on TF Serving "
+        f"at {client.base_url} (server said: {message}). Labels come from version_labels in "
+        f"models.config: python -m apps.common.models_config config --label "
+        f"{client.model_name}:{client.label}=VERSION",
+        url=url,
+        status=status,
+        server_message=message,
+    )
+
+
+def connect(
+    server: str,
+    model_name: str,
+    version: int | None = None,
+    label: str | None = None,
+    timeout: float = 10.0,
+    retries: int = 3,
+    backoff: float = 0.5,
+):
+    """A client for `server`: REST for `http(s)://HOST:PORT`, gRPC for `grpc://HOST:PORT`.
+
+    Both clients have the same methods (`status`, `available_versions`,
+    `metadata`, `predict`), return the same values and raise the same
+    `ServingError` subclasses, so callers need not know which one they hold.
+
+    Raises:
+        UserError: `server` has another scheme, or a bad argument (named).
+    """
+    scheme = urllib.parse.urlsplit(str(server)).scheme
+    if scheme == "grpc":
+        from apps.common.serving_grpc import GrpcServingClient
+
+        cls = GrpcServingClient
+    elif scheme in ("http", "https"):
+        cls = ServingClient
+    else:
+        raise UserError(
+            f"the server must be a REST URL such as http://localhost:8501 or a gRPC address "
+            f"such as grpc://localhost:8500. Received: {server!r}"
+        )
+    return cls(
+        server,
+        model_name,
+        version=version,
+        label=label,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+    )
+
 
 class ServingClient:
     """A TF Serving REST client for one model (and optionally one version).
@@ -163,6 +284,8 @@ class ServingClient:
             `models.config`), e.g. `"medical_cnn"`.
         version: an integer version to address; `None` (default) lets the server
             choose its latest loaded version.
+        label: a version label to address instead (`version_labels` in
+            models.config, e.g. `"canary"`); not with `version`.
         timeout: seconds to wait for the connection and for the answer.
         retries: how many times to retry after a connection failure (so at
             most `retries + 1` attempts). HTTP errors and timeouts waiting for
@@ -181,6 +304,7 @@ class ServingClient:
         timeout: float = 10.0,
         retries: int = 3,
         backoff: float = 0.5,
+        label: str | None = None,
     ):
         parsed = urllib.parse.urlsplit(str(base_url))
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -188,26 +312,11 @@ class ServingClient:
                 f"base_url must be an http(s) URL such as http://localhost:8501. "
                 f"Received: base_url={base_url!r}"
             )
-        if not isinstance(model_name, str) or not _MODEL_NAME_RE.fullmatch(model_name):
-            raise UserError(
-                f"model_name must be a TF Serving model name (letters, digits, '_', '.', '-'). "
-                f"Received: model_name={model_name!r}"
-            )
-        if version is not None and (
-            isinstance(version, bool) or not isinstance(version, int) or version < 0
-        ):
-            raise UserError(
-                f"version must be a non-negative integer or None. Received: version={version!r}"
-            )
-        if not timeout or timeout <= 0:
-            raise UserError(f"timeout must be a positive number of seconds. Received: {timeout=}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise UserError(f"retries must be a non-negative integer. Received: {retries=}")
-        if backoff < 0:
-            raise UserError(f"backoff must be >= 0 seconds. Received: {backoff=}")
+        check_client_args(model_name, version, label, timeout, retries, backoff)
         self.base_url = str(base_url).rstrip("/")
         self.model_name = model_name
         self.version = version
+        self.label = label
         self.timeout = float(timeout)
         self.retries = retries
         self.backoff = float(backoff)
@@ -220,13 +329,15 @@ class ServingClient:
     def __repr__(self):
         return (
             f"ServingClient({self.base_url!r}, {self.model_name!r}, version={self.version!r}, "
-            f"timeout={self.timeout}, retries={self.retries})"
+            f"label={self.label!r}, timeout={self.timeout}, retries={self.retries})"
         )
 
     @property
     def model_url(self) -> str:
-        """`{base_url}/v1/models/{name}[/versions/{v}]`."""
+        """`{base_url}/v1/models/{name}[/versions/{v} | /labels/{label}]`."""
         url = f"{self.base_url}/v1/models/{urllib.parse.quote(self.model_name, safe='')}"
+        if self.label is not None:
+            return f"{url}/labels/{self.label}"
         return url if self.version is None else f"{url}/versions/{self.version}"
 
     # -- public API -----------------------------------------------------------
@@ -239,8 +350,8 @@ class ServingClient:
     def available_versions(self) -> list[int]:
         """Versions of the model the server reports as AVAILABLE (all of them,
         whatever `version` this client addresses)."""
-        unversioned = self._with(version=None)
-        return _available_versions(unversioned.status(), unversioned.model_url)
+        unversioned = self._with(version=None, label=None)
+        return available_versions_of(unversioned.status(), unversioned.model_url)
 
     def metadata(self) -> dict:
         """Returns the model metadata: `{"model_spec": ..., "metadata":
@@ -260,16 +371,8 @@ class ServingClient:
             One prediction per instance: a value for a one-output signature,
             otherwise a dict `{output_name: value}`.
         """
-        if hasattr(instances, "tolist"):
-            instances = instances.tolist()
-        if isinstance(instances, (str, bytes, Mapping)) or not isinstance(instances, Sequence):
-            raise UserError(
-                f"instances must be a list with one entry per example. "
-                f"Received: instances of type {type(instances).__name__}"
-            )
-        if not instances:
-            raise UserError("instances is empty: pass at least one example.")
-        body: dict[str, Any] = {"instances": list(instances)}
+        instances = check_instances(instances)
+        body: dict[str, Any] = {"instances": instances}
         if signature_name:
             body["signature_name"] = signature_name
         try:
@@ -302,6 +405,7 @@ class ServingClient:
             base_url=self.base_url,
             model_name=self.model_name,
             version=self.version,
+            label=self.label,
             timeout=self.timeout,
             retries=self.retries,
             backoff=self.backoff,
@@ -333,6 +437,8 @@ class ServingClient:
         message = payload.get("error") if isinstance(payload, dict) else None
         if not isinstance(message, str):
             message = text.strip()[:500] or f"HTTP {status} with an empty body"
+        if self.label is not None and UNKNOWN_LABEL_TEXT in message:
+            raise label_not_found(self, url, message, status)
         if status == 404:
             raise self._not_found(url, message)
         raise ServerError(
@@ -343,35 +449,7 @@ class ServingClient:
         )
 
     def _not_found(self, url: str, message: str) -> ServingError:
-        model = f"model {self.model_name!r}"
-        if self.version is not None:
-            # A 404 on a versioned URL: tell a missing version from a missing model.
-            try:
-                available = self.available_versions()
-                model_exists = True
-            except ModelNotFoundError:
-                model_exists = False
-            except ServingError:  # Cannot tell; the version is what was asked for.
-                available, model_exists = [], True
-            if model_exists:
-                return VersionNotLoadedError(
-                    f"version {self.version} of {model} is not loaded on TF Serving at "
-                    f"{self.base_url} (loaded: {available or 'none'}; server said: {message}). "
-                    f"Address a loaded version, or load it with model_version_policy in "
-                    f"models.config.",
-                    url=url,
-                    status=404,
-                    server_message=message,
-                    available=available,
-                )
-        return ModelNotFoundError(
-            f"{model} not found on TF Serving at {self.base_url} (server said: {message}). "
-            f"Check the name (MODEL_NAME, or the names in models.config) and that its base "
-            f"path holds an integer version folder (<base_path>/1/saved_model.pb).",
-            url=url,
-            status=404,
-            server_message=message,
-        )
+        return not_found_error(self, url, message)
 
     def _send(self, method: str, url: str, data: bytes | None) -> tuple[int, bytes]:
         """One request with bounded retries on connection failures -> (status, body)."""
@@ -415,7 +493,41 @@ class ServingClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _available_versions(status: Any, url: str) -> list[int]:
+def not_found_error(client, url: str, message: str) -> ServingError:
+    """The error for a NOT_FOUND answer (HTTP 404): an unknown model, or a version
+    that is not loaded (both clients; `client.available_versions()` tells which)."""
+    model = f"model {client.model_name!r}"
+    if client.version is not None:
+        # A 404 on a versioned URL: tell a missing version from a missing model.
+        try:
+            available = client.available_versions()
+            model_exists = True
+        except ModelNotFoundError:
+            model_exists = False
+        except ServingError:  # Cannot tell; the version is what was asked for.
+            available, model_exists = [], True
+        if model_exists:
+            return VersionNotLoadedError(
+                f"version {client.version} of {model} is not loaded on TF Serving at "
+                f"{client.base_url} (loaded: {available or 'none'}; server said: {message}). "
+                f"Address a loaded version, or load it with model_version_policy in "
+                f"models.config.",
+                url=url,
+                status=404,
+                server_message=message,
+                available=available,
+            )
+    return ModelNotFoundError(
+        f"{model} not found on TF Serving at {client.base_url} (server said: {message}). "
+        f"Check the name (MODEL_NAME, or the names in models.config) and that its base "
+        f"path holds an integer version folder (<base_path>/1/saved_model.pb).",
+        url=url,
+        status=404,
+        server_message=message,
+    )
+
+
+def available_versions_of(status: Any, url: str) -> list[int]:
     try:
         entries = status["model_version_status"]
         return sorted(int(e["version"]) for e in entries if e.get("state") == "AVAILABLE")
