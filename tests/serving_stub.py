@@ -605,3 +605,31 @@ def write_toy_saved_model(path: str | os.PathLike, offset: float = 0.0) -> None:
         str(path),
         signatures={"serving_default": module.classify, "score_pixels": module.score},
     )
+
+
+# ----------------------------------------------------------------------------
+# Warm-up files, read back as TF Serving reads them.
+# ----------------------------------------------------------------------------
+
+
+def replay_warmup_requests(saved_model_dir) -> list[tuple[str, dict, dict]]:
+    """Reads `assets.extra/tf_serving_warmup_requests` with the official protos and runs
+    each request through the SavedModel, as TF Serving does when it loads a version.
+
+    Returns `[(signature_name, inputs, outputs)]` (NumPy arrays), in file order.
+    Any request the SavedModel cannot run raises.
+    """
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = Path(saved_model_dir) / "assets.extra" / "tf_serving_warmup_requests"
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    replayed = []
+    for record in tf.data.TFRecordDataset(str(path)):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        assert log.WhichOneof("log_type") == "predict_log", log
+        request = log.predict_log.request
+        name = request.model_spec.signature_name or "serving_default"
+        inputs = {key: tf.make_ndarray(proto) for key, proto in request.inputs.items()}
+        outputs = loaded.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
+        replayed.append((name, inputs, {k: t.numpy() for k, t in outputs.items()}))
+    return replayed
