@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import text_format
 
 from apps.common import models_config
 from apps.common.errors import UserError
@@ -390,48 +390,11 @@ model_config_list {
 
 
 def _model_server_config_class():
-    """ModelServerConfig, the message TF Serving parses `--model_config_file` into.
+    """ModelServerConfig, the message TF Serving parses `--model_config_file` into
+    (the official proto from tensorflow-serving-api)."""
+    from tensorflow_serving.config import model_server_config_pb2
 
-    The subset of tensorflow_serving/config/model_server_config.proto and
-    file_system_storage_path_source.proto that the generator uses, with the
-    published field names and numbers (tensorflow-serving-api is not installed).
-    """
-    f = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="model_server_config_subset.proto", package="ts")
-
-    def message(name, *fields, parent=None):
-        msg = (parent.nested_type if parent else fdp.message_type).add(name=name)
-        for fname, number, ftype, label, type_name in fields:
-            field = msg.field.add(name=fname, number=number, type=ftype, label=label)
-            if type_name:
-                field.type_name = type_name
-        return msg
-
-    opt, rep = f.LABEL_OPTIONAL, f.LABEL_REPEATED
-    policy = message(
-        "ServableVersionPolicy",
-        ("latest", 100, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy.Latest"),
-        ("all", 101, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy.All"),
-        ("specific", 102, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy.Specific"),
-    )
-    message("Latest", ("num_versions", 1, f.TYPE_UINT32, opt, None), parent=policy)
-    message("All", parent=policy)
-    message("Specific", ("versions", 1, f.TYPE_INT64, rep, None), parent=policy)
-    message(
-        "ModelConfig",
-        ("name", 1, f.TYPE_STRING, opt, None),
-        ("base_path", 2, f.TYPE_STRING, opt, None),
-        ("model_platform", 4, f.TYPE_STRING, opt, None),
-        ("model_version_policy", 7, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy"),
-    )
-    message("ModelConfigList", ("config", 1, f.TYPE_MESSAGE, rep, ".ts.ModelConfig"))
-    message(
-        "ModelServerConfig",
-        ("model_config_list", 1, f.TYPE_MESSAGE, opt, ".ts.ModelConfigList"),
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("ts.ModelServerConfig"))
+    return model_server_config_pb2.ModelServerConfig
 
 
 def test_models_config_text():
@@ -724,3 +687,101 @@ def test_version_and_label_together_are_refused():
         ServingClient("http://localhost:8501", "toy", version=1, label="stable")
     with pytest.raises(UserError, match=r"Received: label='1st'"):
         connect("grpc://localhost:8500", "toy", label="1st")
+
+
+# -- models.config: version labels ----------------------------------------------------
+
+
+def _fake_versions(base, *versions):
+    for v in versions:
+        (base / str(v) / "variables").mkdir(parents=True)
+        (base / str(v) / "variables" / "variables.index").write_text("index")
+        (base / str(v) / "saved_model.pb").write_text("graph")
+
+
+def test_labels_round_trip_through_the_official_parser():
+    text = format_models_config(
+        {"medical_cnn": "/models/medical_cnn", "translator": "/models/translator"},
+        {"medical_cnn": [2]},
+        {"translator": {"stable": 3, "canary": 4}},
+    )
+    config = text_format.Parse(text, _model_server_config_class()())
+    medical, translator = config.model_config_list.config
+    assert list(medical.model_version_policy.specific.versions) == [2]
+    assert not medical.version_labels
+    assert list(translator.model_version_policy.specific.versions) == [3, 4]
+    assert dict(translator.version_labels) == {"stable": 3, "canary": 4}
+    # Printed back by protobuf and parsed again: the same message.
+    again = text_format.Parse(text_format.MessageToString(config), _model_server_config_class()())
+    assert again == config
+
+
+def test_config_command_writes_labels_for_versions_found_here(tmp_path, capsys):
+    saved = tmp_path / "saved_models"  # Mounted at /models in the container.
+    _fake_versions(saved / "translator", 3, 4)
+    out = saved / "models.config"
+    argv = ["config", "--base-path", "/models", "--out", str(out)]
+    argv += ["--label", "translator:stable=3", "--label", "translator:canary=4"]
+    assert models_config.main(argv) == 0
+    config = text_format.Parse(out.read_text(), _model_server_config_class()())
+    translator = config.model_config_list.config[1]
+    assert (translator.name, translator.base_path) == ("translator", "/models/translator")
+    assert list(translator.model_version_policy.specific.versions) == [3, 4]
+    assert dict(translator.version_labels) == {"stable": 3, "canary": 4}
+    assert (
+        "translator -> /models/translator (labels: stable=3, canary=4)" in capsys.readouterr().out
+    )
+
+    # Promote: stable moves to 4, version 3 is unloaded.
+    argv = ["config", "--base-path", "/models", "--out", str(out), "--label", "translator:stable=4"]
+    assert models_config.main(argv) == 0
+    translator = text_format.Parse(out.read_text(), _model_server_config_class()())
+    translator = translator.model_config_list.config[1]
+    assert list(translator.model_version_policy.specific.versions) == [4]
+    assert dict(translator.version_labels) == {"stable": 4}
+
+
+def test_a_label_must_name_a_version_found_here(tmp_path, capsys):
+    saved = tmp_path / "saved_models"
+    _fake_versions(saved / "translator", 1, 2)
+    (saved / "translator" / "5").mkdir()  # Empty: no version.
+    out = saved / "models.config"
+    for flag in (["--label", "translator:canary=5"], ["--pin", "translator=2,7"]):
+        argv = ["config", "--base-path", str(saved), "--out", str(out), *flag]
+        assert models_config.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        missing = 5 if flag[0] == "--label" else 7
+        assert err == (
+            f"error: {flag[0]} {flag[1]}: {saved / 'translator'} holds no version {missing} of "
+            f"'translator' (versions there: [1, 2]). Export it first, or name one of those."
+        )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--label", "translator=3"], "expected MODEL:LABEL=VERSION"),
+        (["--label", "translator:stable"], "expected MODEL:LABEL=VERSION"),
+        (["--label", "translator:1st=3"], "Received: 'translator:1st=3'"),
+        (["--label", "translator:stable=-3"], "e.g. translator:stable=3"),
+    ],
+)
+def test_bad_label_syntax_is_a_usage_error(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        models_config.main(["config", "--out", str(tmp_path / "m.config"), *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.config").exists()
+
+
+def test_conflicting_or_unknown_labels_are_clear_errors(tmp_path, capsys):
+    out = tmp_path / "m.config"
+    argv = ["config", "--out", str(out), "--label", "translator:stable=3"]
+    assert models_config.main([*argv, "--label", "translator:stable=4"]) == 2
+    assert "given twice, for versions 3 and 4" in capsys.readouterr().err
+    assert models_config.main([*argv, "--model", "medical_cnn"]) == 2
+    assert "--label names models ['translator'] that models.config does not list" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
