@@ -785,3 +785,74 @@ def test_conflicting_or_unknown_labels_are_clear_errors(tmp_path, capsys):
         capsys.readouterr().err
     )
     assert not out.exists()
+
+
+# -- saved_models/batching_parameters.txt ----------------------------------------------
+
+
+def _batching_parameters_class():
+    """tensorflow.serving.BatchingParameters, which `--batching_parameters_file` is parsed into.
+
+    The pip package tensorflow-serving-api does not ship
+    `tensorflow_serving/servables/tensorflow/session_bundle_config_pb2`, so the
+    message is declared here from session_bundle_config.proto: the published
+    names, numbers and types of the fields this project sets (and the rest of
+    the scheduler fields, so that a typo cannot parse as one of them).
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    wrappers = descriptor_pb2.FileDescriptorProto()
+    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
+    pool.Add(wrappers)
+    f = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto",
+        package="tensorflow.serving",
+        dependency=["google/protobuf/wrappers.proto"],
+        syntax="proto3",
+    )
+    message = fdp.message_type.add(name="BatchingParameters")
+    int64 = (f.TYPE_MESSAGE, ".google.protobuf.Int64Value")
+    for name, number, (ftype, type_name) in [
+        ("max_batch_size", 1, int64),
+        ("batch_timeout_micros", 2, int64),
+        ("max_enqueued_batches", 3, int64),
+        ("num_batch_threads", 4, int64),
+        ("thread_pool_name", 5, (f.TYPE_MESSAGE, ".google.protobuf.StringValue")),
+        ("pad_variable_length_inputs", 7, (f.TYPE_BOOL, None)),
+    ]:
+        field = message.field.add(name=name, number=number, type=ftype, label=f.LABEL_OPTIONAL)
+        if type_name:
+            field.type_name = type_name
+    message.field.add(
+        name="allowed_batch_sizes", number=6, type=f.TYPE_INT64, label=f.LABEL_REPEATED
+    )
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+    )
+
+
+def test_committed_batching_parameters_parse_as_tf_serving_reads_them():
+    text = (PROJECT_ROOT / "saved_models" / "batching_parameters.txt").read_text()
+    params = text_format.Parse(text, _batching_parameters_class()())
+    assert params.max_batch_size.value == 32
+    assert params.batch_timeout_micros.value == 2000
+    assert params.num_batch_threads.value == 2
+    assert params.max_enqueued_batches.value == 8
+    assert params.pad_variable_length_inputs is False
+    assert not params.allowed_batch_sizes  # Any batch size up to max_batch_size.
+    # The docs' docker line enables exactly this file.
+    docs = (PROJECT_ROOT / "docs" / "serving.md").read_text()
+    assert "--enable_batching" in docs
+    assert "--batching_parameters_file=/models/batching_parameters.txt" in docs
+
+
+def test_the_batching_parameters_file_is_committed():
+    result = subprocess.run(
+        ["git", "check-ignore", "-q", "saved_models/batching_parameters.txt"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+    )
+    assert result.returncode == 1  # Not ignored.
