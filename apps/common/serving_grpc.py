@@ -44,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from apps.common.errors import UserError
-from apps.common.serving import (
+from apps.common.serving_base import (
     UNKNOWN_LABEL_TEXT,
     MalformedResponseError,
     ServerError,
