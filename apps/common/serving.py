@@ -1,10 +1,15 @@
-"""TensorFlow Serving: a small REST client.
+"""TensorFlow Serving: a small REST client, and `connect` for REST or gRPC.
 
 The client speaks TF Serving's REST API (port 8501 by default):
 
 - `GET  /v1/models/{name}[/versions/{v}]`            model status
 - `GET  /v1/models/{name}[/versions/{v}]/metadata`   signatures (names, dtypes, shapes)
 - `POST /v1/models/{name}[/versions/{v}]:predict`    `{"instances": [...]}` -> `{"predictions": [...]}`
+
+(`/labels/{label}` in place of `/versions/{v}` addresses a version label.)
+`connect(server, ...)` returns this client for `http(s)://HOST:8501` and
+`apps.common.serving_grpc.GrpcServingClient` (same interface, same errors;
+needs `tensorflow-serving-api`) for `grpc://HOST:8500`.
 
 It uses only the standard library (`urllib`), so calling a server adds no
 dependency. Connection failures (refused, reset, connect timeout) are retried a
@@ -35,7 +40,6 @@ import base64
 import http.client
 import json
 import os
-import re
 import sys
 import time
 import urllib.error
@@ -46,68 +50,38 @@ from pathlib import Path
 from typing import Any
 
 from apps.common.errors import UserError
+from apps.common.serving_base import (
+    UNKNOWN_LABEL_TEXT,
+    LabelNotFoundError,
+    MalformedResponseError,
+    ModelNotFoundError,
+    ServerError,
+    ServerUnreachableError,
+    ServingError,
+    ServingTimeoutError,
+    VersionNotLoadedError,
+    available_versions_of,
+    check_client_args,
+    check_instances,
+    label_not_found,
+    not_found_error,
+)
 
-_MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-# ----------------------------------------------------------------------------
-# Errors
-# ----------------------------------------------------------------------------
-
-
-class ServingError(UserError):
-    """Base class of every error raised by `ServingClient`.
-
-    A `UserError`: each comes from the URL, model name or version the user gave
-    (or the server they pointed at), so the CLIs report it in one line.
-
-    Attributes:
-        url: the URL that was requested.
-        status: the HTTP status code, or `None` when no response came.
-        server_message: the server's own `{"error": ...}` text, if any.
-    """
-
-    def __init__(self, message, *, url=None, status=None, server_message=None):
-        super().__init__(message)
-        self.url = url
-        self.status = status
-        self.server_message = server_message
-
-
-class ServerUnreachableError(ServingError, ConnectionError):
-    """No connection could be made, after all retries. `attempts` says how many."""
-
-    def __init__(self, message, *, attempts, **kwargs):
-        super().__init__(message, **kwargs)
-        self.attempts = attempts
-
-
-class ServingTimeoutError(ServingError, TimeoutError):
-    """The server accepted the request but did not answer within the timeout."""
-
-
-class ModelNotFoundError(ServingError):
-    """The server has no model of that name (or no version of it loaded yet)."""
-
-
-class VersionNotLoadedError(ServingError):
-    """The model exists but the requested version is not loaded.
-
-    `available` lists the versions the server reports as AVAILABLE (may be empty
-    when they could not be fetched).
-    """
-
-    def __init__(self, message, *, available=(), **kwargs):
-        super().__init__(message, **kwargs)
-        self.available = list(available)
-
-
-class MalformedResponseError(ServingError):
-    """The server answered, but not with the JSON this API returns."""
-
-
-class ServerError(ServingError):
-    """The server refused or failed the request; its `{"error": ...}` is passed through."""
+__all__ = [  # The errors live in serving_base (shared with the gRPC client); import them here.
+    "LabelNotFoundError",
+    "MalformedResponseError",
+    "ModelNotFoundError",
+    "ServerError",
+    "ServerUnreachableError",
+    "ServingClient",
+    "ServingError",
+    "ServingTimeoutError",
+    "VersionNotLoadedError",
+    "connect",
+    "decode_b64",
+    "encode_b64",
+    "encode_file_b64",
+]
 
 
 # ----------------------------------------------------------------------------
@@ -154,6 +128,47 @@ def _json_default(obj: Any) -> Any:
 # ----------------------------------------------------------------------------
 
 
+def connect(
+    server: str,
+    model_name: str,
+    version: int | None = None,
+    label: str | None = None,
+    timeout: float = 10.0,
+    retries: int = 3,
+    backoff: float = 0.5,
+):
+    """A client for `server`: REST for `http(s)://HOST:PORT`, gRPC for `grpc://HOST:PORT`.
+
+    Both clients have the same methods (`status`, `available_versions`,
+    `metadata`, `predict`), return the same values and raise the same
+    `ServingError` subclasses, so callers need not know which one they hold.
+
+    Raises:
+        UserError: `server` has another scheme, or a bad argument (named).
+    """
+    scheme = urllib.parse.urlsplit(str(server)).scheme
+    if scheme == "grpc":
+        from apps.common.serving_grpc import GrpcServingClient
+
+        cls = GrpcServingClient
+    elif scheme in ("http", "https"):
+        cls = ServingClient
+    else:
+        raise UserError(
+            f"the server must be a REST URL such as http://localhost:8501 or a gRPC address "
+            f"such as grpc://localhost:8500. Received: {server!r}"
+        )
+    return cls(
+        server,
+        model_name,
+        version=version,
+        label=label,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+    )
+
+
 class ServingClient:
     """A TF Serving REST client for one model (and optionally one version).
 
@@ -163,6 +178,8 @@ class ServingClient:
             `models.config`), e.g. `"medical_cnn"`.
         version: an integer version to address; `None` (default) lets the server
             choose its latest loaded version.
+        label: a version label to address instead (`version_labels` in
+            models.config, e.g. `"canary"`); not with `version`.
         timeout: seconds to wait for the connection and for the answer.
         retries: how many times to retry after a connection failure (so at
             most `retries + 1` attempts). HTTP errors and timeouts waiting for
@@ -181,6 +198,7 @@ class ServingClient:
         timeout: float = 10.0,
         retries: int = 3,
         backoff: float = 0.5,
+        label: str | None = None,
     ):
         parsed = urllib.parse.urlsplit(str(base_url))
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -188,26 +206,11 @@ class ServingClient:
                 f"base_url must be an http(s) URL such as http://localhost:8501. "
                 f"Received: base_url={base_url!r}"
             )
-        if not isinstance(model_name, str) or not _MODEL_NAME_RE.fullmatch(model_name):
-            raise UserError(
-                f"model_name must be a TF Serving model name (letters, digits, '_', '.', '-'). "
-                f"Received: model_name={model_name!r}"
-            )
-        if version is not None and (
-            isinstance(version, bool) or not isinstance(version, int) or version < 0
-        ):
-            raise UserError(
-                f"version must be a non-negative integer or None. Received: version={version!r}"
-            )
-        if not timeout or timeout <= 0:
-            raise UserError(f"timeout must be a positive number of seconds. Received: {timeout=}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise UserError(f"retries must be a non-negative integer. Received: {retries=}")
-        if backoff < 0:
-            raise UserError(f"backoff must be >= 0 seconds. Received: {backoff=}")
+        check_client_args(model_name, version, label, timeout, retries, backoff)
         self.base_url = str(base_url).rstrip("/")
         self.model_name = model_name
         self.version = version
+        self.label = label
         self.timeout = float(timeout)
         self.retries = retries
         self.backoff = float(backoff)
@@ -220,13 +223,15 @@ class ServingClient:
     def __repr__(self):
         return (
             f"ServingClient({self.base_url!r}, {self.model_name!r}, version={self.version!r}, "
-            f"timeout={self.timeout}, retries={self.retries})"
+            f"label={self.label!r}, timeout={self.timeout}, retries={self.retries})"
         )
 
     @property
     def model_url(self) -> str:
-        """`{base_url}/v1/models/{name}[/versions/{v}]`."""
+        """`{base_url}/v1/models/{name}[/versions/{v} | /labels/{label}]`."""
         url = f"{self.base_url}/v1/models/{urllib.parse.quote(self.model_name, safe='')}"
+        if self.label is not None:
+            return f"{url}/labels/{self.label}"
         return url if self.version is None else f"{url}/versions/{self.version}"
 
     # -- public API -----------------------------------------------------------
@@ -239,8 +244,8 @@ class ServingClient:
     def available_versions(self) -> list[int]:
         """Versions of the model the server reports as AVAILABLE (all of them,
         whatever `version` this client addresses)."""
-        unversioned = self._with(version=None)
-        return _available_versions(unversioned.status(), unversioned.model_url)
+        unversioned = self._with(version=None, label=None)
+        return available_versions_of(unversioned.status(), unversioned.model_url)
 
     def metadata(self) -> dict:
         """Returns the model metadata: `{"model_spec": ..., "metadata":
@@ -260,16 +265,8 @@ class ServingClient:
             One prediction per instance: a value for a one-output signature,
             otherwise a dict `{output_name: value}`.
         """
-        if hasattr(instances, "tolist"):
-            instances = instances.tolist()
-        if isinstance(instances, (str, bytes, Mapping)) or not isinstance(instances, Sequence):
-            raise UserError(
-                f"instances must be a list with one entry per example. "
-                f"Received: instances of type {type(instances).__name__}"
-            )
-        if not instances:
-            raise UserError("instances is empty: pass at least one example.")
-        body: dict[str, Any] = {"instances": list(instances)}
+        instances = check_instances(instances)
+        body: dict[str, Any] = {"instances": instances}
         if signature_name:
             body["signature_name"] = signature_name
         try:
@@ -302,6 +299,7 @@ class ServingClient:
             base_url=self.base_url,
             model_name=self.model_name,
             version=self.version,
+            label=self.label,
             timeout=self.timeout,
             retries=self.retries,
             backoff=self.backoff,
@@ -333,6 +331,8 @@ class ServingClient:
         message = payload.get("error") if isinstance(payload, dict) else None
         if not isinstance(message, str):
             message = text.strip()[:500] or f"HTTP {status} with an empty body"
+        if self.label is not None and UNKNOWN_LABEL_TEXT in message:
+            raise label_not_found(self, url, message, status)
         if status == 404:
             raise self._not_found(url, message)
         raise ServerError(
@@ -343,35 +343,7 @@ class ServingClient:
         )
 
     def _not_found(self, url: str, message: str) -> ServingError:
-        model = f"model {self.model_name!r}"
-        if self.version is not None:
-            # A 404 on a versioned URL: tell a missing version from a missing model.
-            try:
-                available = self.available_versions()
-                model_exists = True
-            except ModelNotFoundError:
-                model_exists = False
-            except ServingError:  # Cannot tell; the version is what was asked for.
-                available, model_exists = [], True
-            if model_exists:
-                return VersionNotLoadedError(
-                    f"version {self.version} of {model} is not loaded on TF Serving at "
-                    f"{self.base_url} (loaded: {available or 'none'}; server said: {message}). "
-                    f"Address a loaded version, or load it with model_version_policy in "
-                    f"models.config.",
-                    url=url,
-                    status=404,
-                    server_message=message,
-                    available=available,
-                )
-        return ModelNotFoundError(
-            f"{model} not found on TF Serving at {self.base_url} (server said: {message}). "
-            f"Check the name (MODEL_NAME, or the names in models.config) and that its base "
-            f"path holds an integer version folder (<base_path>/1/saved_model.pb).",
-            url=url,
-            status=404,
-            server_message=message,
-        )
+        return not_found_error(self, url, message)
 
     def _send(self, method: str, url: str, data: bytes | None) -> tuple[int, bytes]:
         """One request with bounded retries on connection failures -> (status, body)."""
@@ -413,19 +385,6 @@ class ServingClient:
                     f"broken HTTP response from {url}: {type(e).__name__}: {e}", url=url
                 ) from e
         raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _available_versions(status: Any, url: str) -> list[int]:
-    try:
-        entries = status["model_version_status"]
-        return sorted(int(e["version"]) for e in entries if e.get("state") == "AVAILABLE")
-    except (TypeError, KeyError, ValueError, AttributeError) as e:
-        raise MalformedResponseError(
-            f"the status response of {url} has no valid 'model_version_status' list: "
-            f"{json.dumps(status)[:200]}",
-            url=url,
-            status=200,
-        ) from e
 
 
 # ----------------------------------------------------------------------------

@@ -7,8 +7,8 @@ medical-cnn train [--data PATH | --dataset tfds:NAME] [--preset default|best|tin
                   [--target-sensitivity S]
 medical-cnn evaluate --model RUN_DIR_OR_MODEL [--data PATH] [--split val] [--out FILE]
 medical-cnn predict --model RUN_DIR_OR_MODEL IMAGE... [--explain OUT_DIR]
-medical-cnn predict --server URL [--model-name medical_cnn] [--model-version N]
-                    [--timeout SECONDS] IMAGE...
+medical-cnn predict --server URL [--model-name medical_cnn]
+                    [--model-version N | --model-label LABEL] [--timeout SECONDS] IMAGE...
 medical-cnn export --model RUN_DIR_OR_MODEL [--base saved_models/medical_cnn] [--keep K]
 ```
 
@@ -111,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="classify image files (one JSON line each)")
     predict.add_argument("--model", default=None, help="run directory or .keras file")
     predict.add_argument(
-        "--server", default=None, help="TF Serving REST URL instead, e.g. http://localhost:8501"
+        "--server",
+        default=None,
+        help="TF Serving instead: REST http://HOST:8501 or gRPC grpc://HOST:8500",
     )
     predict.add_argument(
         "--model-name", default=None, help=f"model name on the server (default: {APP_NAME})"
@@ -121,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
         type=non_negative_int,
         default=None,
         help="version on the server (default: the latest it serves)",
+    )
+    predict.add_argument(
+        "--model-label",
+        default=None,
+        metavar="LABEL",
+        help="version label on the server instead (version_labels in models.config), e.g. canary",
     )
     predict.add_argument(
         "--timeout",
@@ -212,6 +220,8 @@ def _predict(args) -> int:
             raise CliError(
                 "--explain needs the Keras model for Grad-CAM: use --model RUN_DIR, not --server."
             )
+        if args.model_version is not None and args.model_label is not None:
+            raise CliError("give either --model-version N or --model-label LABEL, not both.")
         from apps.medical_cnn.serving import predict_files_served
 
         records = predict_files_served(
@@ -220,10 +230,14 @@ def _predict(args) -> int:
             args.model_name or APP_NAME,
             version=args.model_version,
             timeout=SERVER_TIMEOUT_S if args.timeout is None else args.timeout,
+            label=args.model_label,
         )
     else:
-        if args.model_name is not None or args.model_version is not None:
-            raise CliError("--model-name and --model-version address a server: add --server URL.")
+        if (args.model_name, args.model_version, args.model_label) != (None, None, None):
+            raise CliError(
+                "--model-name, --model-version and --model-label address a server: "
+                "add --server URL."
+            )
         if args.timeout is not None:
             raise CliError("--timeout is for a server: add --server URL.")
         from apps.medical_cnn.predict import predict_files

@@ -24,7 +24,10 @@ tell a TTA ensemble from a single model without loading it. (TF Serving
 copies `assets.extra/` along and ignores files it does not know.)
 
 The version folder is written by `apps.common.export.export_versioned`: a
-temporary folder renamed to `<base>/<next integer>` only when complete.
+temporary folder renamed to `<base>/<next integer>` only when complete. It
+holds TF Serving's warm-up file (`assets.extra/tf_serving_warmup_requests`,
+`apps.common.warmup`): batches of 1 and 3 images for each signature, so that
+the server traces both before the version takes requests.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from apps.common.errors import UserError
 from apps.common.export import check_base_dir, export_versioned
 from apps.common.io import atomic_write_json
 from apps.common.rundir import check_folder_path
+from apps.common.warmup import write_warmup_requests
 from apps.medical_cnn import data as data_lib
 from apps.medical_cnn.artifacts import LoadedRun, load_run
 from apps.medical_cnn.ensemble import ensemble_info
@@ -47,8 +51,40 @@ MODEL_INFO_FILE = Path("assets.extra") / "model_info.json"
 DEFAULT_BASE = Path("saved_models") / "medical_cnn"
 
 
+def warmup_requests(height: int, width: int, channels: int) -> list:
+    """Warm-up requests for both signatures: `[(signature_name, {input: batch})]`.
+
+    `serving_default` gets encoded images as clients send them (a greyscale
+    PNG at the model's size, an RGB JPEG and an RGBA PNG of other sizes, so
+    that decoding, colour conversion and resizing all run); `predict_pixels`
+    the same images as pixels. Batches of 1 and 3.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    ramp = np.linspace(0, 255, 64 * 64, dtype=np.float32).reshape(64, 64, 1)
+    grey = tf.image.resize(ramp, (height, width)).numpy().astype(np.uint8)
+    rgb = np.concatenate([ramp, ramp[::-1], ramp.transpose(1, 0, 2)], axis=-1).astype(np.uint8)
+    rgba = np.concatenate([rgb[:40, :48], np.full((40, 48, 1), 255, np.uint8)], axis=-1)
+    encoded = [
+        tf.io.encode_png(grey).numpy(),
+        tf.io.encode_jpeg(rgb[:48, :], quality=90).numpy(),
+        tf.io.encode_png(rgba).numpy(),
+    ]
+    pixels = np.stack(
+        [data_lib.decode_image(e, height, width, channels).numpy() for e in encoded]
+    ).astype(np.float32)
+    return [
+        ("serving_default", {"image_bytes": encoded[:1]}),
+        ("serving_default", {"image_bytes": encoded}),
+        ("predict_pixels", {"pixels": pixels[:1]}),
+        ("predict_pixels", {"pixels": pixels}),
+    ]
+
+
 def write_saved_model(run: LoadedRun, path: str | os.PathLike) -> None:
-    """Writes the SavedModel of `run` into the folder `path` (see the module doc)."""
+    """Writes the SavedModel of `run` into the folder `path` (see the module doc),
+    with its warm-up requests."""
     import tensorflow as tf
 
     model = run.model
@@ -109,6 +145,7 @@ def write_saved_model(run: LoadedRun, path: str | os.PathLike) -> None:
             "input_shape": [height, width, channels],
         },
     )
+    write_warmup_requests(path, warmup_requests(height, width, channels))
 
 
 def export(

@@ -13,7 +13,10 @@ starts right but does not decode), each image of that batch is sent alone, so
 that only the broken ones get an error record. Any other failure (server down,
 model or version missing, timeout) raises a `ServingError`.
 
-Only the standard library and NumPy are needed here: TensorFlow is not imported.
+`server` is a REST URL (`http://HOST:8501`) or a gRPC address
+(`grpc://HOST:8500`); `apps.common.serving.connect` picks the client, and both
+give the same records. Over REST only the standard library and NumPy are
+needed here; gRPC imports `tensorflow-serving-api` (and so TensorFlow).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from apps.common.serving import (
     ServerError,
     ServingClient,
     ServingError,
+    connect,
     encode_b64,
 )
 from apps.medical_cnn.predict import (
@@ -159,14 +163,17 @@ def predict_files_served(
     batch_size: int = 32,
     timeout: float = 30.0,
     retries: int = 3,
+    label: str | None = None,
 ) -> list[dict]:
     """Predicts each image file with a served model; records as `predict_files`.
 
     Args:
-        server: TF Serving's REST address, e.g. `http://localhost:8501`.
+        server: TF Serving's REST address, e.g. `http://localhost:8501`, or its
+            gRPC address, e.g. `grpc://localhost:8500`.
         paths: image files.
         model_name: the model's name on the server.
         version: a version to address; `None` lets the server choose (its latest).
+        label: a version label to address instead (`version_labels`), e.g. `"canary"`.
         batch_size: images per request.
         timeout: seconds to wait for each request.
         retries: retries after a connection failure (with backoff).
@@ -187,8 +194,8 @@ def predict_files_served(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer. Received: {batch_size=}")
     try:
-        client = ServingClient(
-            server, model_name, version=version, timeout=timeout, retries=retries
+        client = connect(
+            server, model_name, version=version, label=label, timeout=timeout, retries=retries
         )
     except ValueError as e:  # The URL, name, version or timeout the user gave.
         raise UserError(str(e)) from None

@@ -6,6 +6,7 @@
     translator evaluate --model RUN_DIR [--data PATH] [--split test] [--pairs FILE]
     translator translate --model RUN_DIR_OR_EXPORT [TEXT ...]  (or stdin, or --input/--output)
     translator translate --server http://localhost:8501 [--timeout SECONDS] [TEXT ...]
+    translator translate --server grpc://localhost:8500 [--model-label canary] [TEXT ...]
     translator export --model RUN_DIR [--base saved_models/translator] [--keep K]
 
 Also `python -m apps.translator ...`. Errors caused by the input (missing
@@ -108,11 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention-plot", type=Path, default=None, help="folder for cross-attention PNGs"
     )
     translate.add_argument(
-        "--server", default=None, help="TF Serving REST URL, e.g. http://localhost:8501"
+        "--server",
+        default=None,
+        help="TF Serving: REST http://HOST:8501 or gRPC grpc://HOST:8500",
     )
     translate.add_argument("--model-name", default=APP_NAME, help="model name on the server")
     translate.add_argument(
         "--model-version", type=non_negative_int, default=None, help="version on the server"
+    )
+    translate.add_argument(
+        "--model-label",
+        default=None,
+        metavar="LABEL",
+        help="version label on the server instead (version_labels in models.config), e.g. canary",
     )
     translate.add_argument(
         "--timeout",
@@ -241,10 +250,16 @@ def _translate(args) -> None:
     if args.server is not None:
         if args.attention_plot is not None:
             raise CliError("--attention-plot needs --model RUN_DIR, not --server")
+        if args.model_version is not None and args.model_label is not None:
+            raise CliError("give either --model-version N or --model-label LABEL, not both")
         from apps.translator.serving import ServedTranslator
 
         translator = ServedTranslator(
-            args.server, args.model_name, args.model_version, timeout=args.timeout
+            args.server,
+            args.model_name,
+            args.model_version,
+            timeout=args.timeout,
+            label=args.model_label,
         )
     else:
         translator = load_translator(args.model)

@@ -14,7 +14,10 @@ Reloading needs only TensorFlow (`tf.saved_model.load`), not this project;
 an export of a subword run also needs `import tensorflow_text` first (its
 SentencePiece ops are TF Text ops, registered by that import; the stock TF
 Serving model server links them).
-Versions go to `<base>/<N>/` atomically through `apps.common.export`.
+Versions go to `<base>/<N>/` atomically through `apps.common.export`, each with
+TF Serving's warm-up file (`assets.extra/tf_serving_warmup_requests`,
+`apps.common.warmup`): `WARMUP_SENTENCES` alone and together, for both
+signatures, replayed by the server before the version takes requests.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ import keras
 
 from apps.common.errors import UserError
 from apps.common.export import export_versioned
+from apps.common.warmup import write_warmup_requests
 from apps.translator.translate import SENTENCES_SPEC, Translator
 
 DEFAULT_BASE = Path("saved_models") / "translator"
+# Warm-up requests: short and long sentences, alone and as one batch.
+WARMUP_SENTENCES = ("Hello.", "How are you?", "Tom told me that he would be late tomorrow.")
 
 
 def write_saved_model(translator: Translator, path: str | os.PathLike) -> None:
@@ -48,6 +54,11 @@ def write_saved_model(translator: Translator, path: str | os.PathLike) -> None:
         "source_stats", translator.source_stats_graph, input_signature=[SENTENCES_SPEC]
     )
     archive.write_out(str(path), verbose=False)
+    batches = [list(WARMUP_SENTENCES[:1]), list(WARMUP_SENTENCES)]
+    write_warmup_requests(
+        path,
+        [(name, {"sentences": b}) for name in ("serving_default", "source_stats") for b in batches],
+    )
 
 
 def export(

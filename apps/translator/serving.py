@@ -1,9 +1,10 @@
 """Translating through a TF Serving server that serves a translator export.
 
 `ServedTranslator` has the interface of `translate.Translator` (`translate`,
-`source_stats`) and sends the sentences to the server's REST API through
-`apps.common.serving.ServingClient`, so `translator translate --server URL`
-prints exactly what local translation prints.
+`source_stats`) and sends the sentences to the server's REST API
+(`http://HOST:8501`) or gRPC API (`grpc://HOST:8500`) through
+`apps.common.serving.connect`, so `translator translate --server URL` prints
+exactly what local translation prints.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from apps.common.errors import UserError
-from apps.common.serving import ServingClient
+from apps.common.serving import connect
 from apps.translator.config import SERVING_TIMEOUT
 from apps.translator.translate import clean_sentences, translate_in_batches
 
@@ -24,9 +25,11 @@ class ServedTranslator:
     """English -> Spanish translation by a TF Serving model.
 
     Args:
-        base_url: the server's REST address, e.g. `http://localhost:8501`.
+        base_url: the server's REST address, e.g. `http://localhost:8501`, or
+            its gRPC address, e.g. `grpc://localhost:8500`.
         model_name: the model's name on the server (default `translator`).
         version: a version to address; `None` lets the server choose its latest.
+        label: a version label to address instead (`version_labels`), e.g. `"canary"`.
         timeout: seconds to wait for each answer (`translator translate --timeout`).
 
     Raises:
@@ -41,9 +44,10 @@ class ServedTranslator:
         model_name: str = "translator",
         version: int | None = None,
         timeout: float = SERVING_TIMEOUT,
+        label: str | None = None,
     ):
         # The client checks its arguments (a `UserError` names the bad one).
-        self.client = ServingClient(base_url, model_name, version=version, timeout=timeout)
+        self.client = connect(base_url, model_name, version=version, label=label, timeout=timeout)
 
     def _predict(self, sentences: list[str], signature_name: str | None = None) -> list:
         return self.client.predict(sentences, signature_name=signature_name)

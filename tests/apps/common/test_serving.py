@@ -1,7 +1,8 @@
-"""Tests for `apps.common.serving`: the REST client and the models.config generator.
+"""Tests for `apps.common.serving`: the REST and gRPC clients and the models.config generator.
 
-The client talks to `tests.serving_stub.ServingStub`, a stand-in for TF
-Serving's REST API (test code) that serves real SavedModels on 127.0.0.1.
+The clients talk to `tests.serving_stub.ServingStub` and `GrpcServingStub`,
+stand-ins for TF Serving's REST and gRPC APIs (test code) that serve real
+SavedModels on 127.0.0.1.
 """
 
 import json
@@ -16,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import text_format
 
 from apps.common import models_config
+from apps.common.errors import UserError
 from apps.common.export import export_versioned
 from apps.common.models_config import format_models_config, model_base_path, write_models_config
 from apps.common.serving import (
+    LabelNotFoundError,
     MalformedResponseError,
     ModelNotFoundError,
     ServerError,
@@ -30,11 +33,13 @@ from apps.common.serving import (
     ServingError,
     ServingTimeoutError,
     VersionNotLoadedError,
+    connect,
     decode_b64,
     encode_b64,
     encode_file_b64,
 )
-from tests.serving_stub import ServingStub, write_toy_saved_model
+from apps.common.serving_grpc import GrpcServingClient
+from tests.serving_stub import GrpcServingStub, ModelStore, ServingStub, write_toy_saved_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 OFFSETS = {1: 0.0, 2: 10.0}  # The toy model's `score_pixels` adds its version's offset.
@@ -385,48 +390,11 @@ model_config_list {
 
 
 def _model_server_config_class():
-    """ModelServerConfig, the message TF Serving parses `--model_config_file` into.
+    """ModelServerConfig, the message TF Serving parses `--model_config_file` into
+    (the official proto from tensorflow-serving-api)."""
+    from tensorflow_serving.config import model_server_config_pb2
 
-    The subset of tensorflow_serving/config/model_server_config.proto and
-    file_system_storage_path_source.proto that the generator uses, with the
-    published field names and numbers (tensorflow-serving-api is not installed).
-    """
-    f = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="model_server_config_subset.proto", package="ts")
-
-    def message(name, *fields, parent=None):
-        msg = (parent.nested_type if parent else fdp.message_type).add(name=name)
-        for fname, number, ftype, label, type_name in fields:
-            field = msg.field.add(name=fname, number=number, type=ftype, label=label)
-            if type_name:
-                field.type_name = type_name
-        return msg
-
-    opt, rep = f.LABEL_OPTIONAL, f.LABEL_REPEATED
-    policy = message(
-        "ServableVersionPolicy",
-        ("latest", 100, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy.Latest"),
-        ("all", 101, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy.All"),
-        ("specific", 102, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy.Specific"),
-    )
-    message("Latest", ("num_versions", 1, f.TYPE_UINT32, opt, None), parent=policy)
-    message("All", parent=policy)
-    message("Specific", ("versions", 1, f.TYPE_INT64, rep, None), parent=policy)
-    message(
-        "ModelConfig",
-        ("name", 1, f.TYPE_STRING, opt, None),
-        ("base_path", 2, f.TYPE_STRING, opt, None),
-        ("model_platform", 4, f.TYPE_STRING, opt, None),
-        ("model_version_policy", 7, f.TYPE_MESSAGE, opt, ".ts.ServableVersionPolicy"),
-    )
-    message("ModelConfigList", ("config", 1, f.TYPE_MESSAGE, rep, ".ts.ModelConfig"))
-    message(
-        "ModelServerConfig",
-        ("model_config_list", 1, f.TYPE_MESSAGE, opt, ".ts.ModelConfigList"),
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("ts.ModelServerConfig"))
+    return model_server_config_pb2.ModelServerConfig
 
 
 def test_models_config_text():
@@ -521,3 +489,370 @@ def test_the_old_serving_module_command_still_writes_models_config(tmp_path):
     assert out.read_text() == format_models_config(
         {name: model_base_path("/models", name) for name in models_config.MODEL_NAMES}
     )
+
+
+# -- gRPC: the same interface, values and errors as REST ---------------------------
+
+LABELS = {"toy": {"stable": 1, "canary": 2}}
+
+
+@pytest.fixture(scope="module")
+def both(toy_base):
+    """A REST and a gRPC stand-in over one `ModelStore` (all versions, labels)."""
+    store = ModelStore({"toy": toy_base}, version_policy="all", labels=LABELS)
+    with ServingStub(store=store) as rest, GrpcServingStub(store=store) as grpc_stub:
+        yield {"rest": rest, "grpc": grpc_stub}
+
+
+@pytest.fixture(params=["rest", "grpc"])
+def transport(request, both):
+    stub = both[request.param]
+    stub.delay = 0.0
+    stub.requests.clear()
+    return stub
+
+
+def _connect(url, name="toy", **kwargs):
+    kwargs.setdefault("timeout", 30.0)
+    kwargs.setdefault("backoff", 0.01)
+    return connect(url, name, **kwargs)
+
+
+def test_connect_picks_the_client_by_scheme(both):
+    assert type(_connect(both["rest"].url)) is ServingClient
+    client = _connect(both["grpc"].url, version=2)
+    assert type(client) is GrpcServingClient
+    assert client.model_url == f"{both['grpc'].url}/models/toy/versions/2"
+    assert _connect(both["rest"].url, label="canary").model_url == (
+        f"{both['rest'].url}/v1/models/toy/labels/canary"
+    )
+    with pytest.raises(UserError, match=re.escape("or a gRPC address such as grpc://localhost")):
+        connect("localhost:8500", "toy")
+
+
+def test_grpc_and_rest_answer_alike(both, tmp_path):
+    rest, grpc_client = _connect(both["rest"].url), _connect(both["grpc"].url)
+    assert grpc_client.status() == rest.status()
+    assert grpc_client.available_versions() == rest.available_versions() == [1, 2]
+    assert grpc_client.metadata() == rest.metadata()
+    images = [encode_b64(_png(200, (5, 7))), {"image_bytes": encode_b64(_png(30, (12, 3)))}]
+    assert grpc_client.predict(images) == rest.predict(images)  # Identical floats, labels, text.
+    pixels = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    assert grpc_client.predict(pixels, "score_pixels") == rest.predict(pixels, "score_pixels")
+    assert both["grpc"].requests[-1] == ("Predict", "toy", None, "score_pixels")
+
+
+@pytest.mark.parametrize(
+    "kwargs, offset",
+    [({"version": 1}, 0.0), ({"label": "stable"}, 0.0), ({"label": "canary"}, 10.0), ({}, 10.0)],
+)
+def test_versions_and_labels_route_alike(transport, kwargs, offset):
+    client = _connect(transport.url, **kwargs)
+    assert client.predict([[1.0, 2.0, 3.0, 4.0]], "score_pixels") == [10.0 + offset]
+
+
+def test_grpc_request_names_the_label(both):
+    _connect(both["grpc"].url, label="canary").predict([[0, 0, 0, 0]], "score_pixels")
+    assert both["grpc"].requests[-1] == ("Predict", "toy", "canary", "score_pixels")
+
+
+def test_unknown_model_is_the_same_error(transport):
+    with pytest.raises(ModelNotFoundError) as e:
+        _connect(transport.url, "no_such_model").predict([[1, 2, 3, 4]], "score_pixels")
+    assert str(e.value) == (
+        f"model 'no_such_model' not found on TF Serving at {transport.url} (server said: "
+        f"Servable not found for request: Latest(no_such_model)). Check the name (MODEL_NAME, "
+        f"or the names in models.config) and that its base path holds an integer version "
+        f"folder (<base_path>/1/saved_model.pb)."
+    )
+    assert e.value.status == 404
+
+
+def test_unknown_version_is_the_same_error(transport):
+    with pytest.raises(VersionNotLoadedError) as e:
+        _connect(transport.url, version=7).predict([[1, 2, 3, 4]], "score_pixels")
+    assert e.value.available == [1, 2]
+    assert str(e.value) == (
+        f"version 7 of model 'toy' is not loaded on TF Serving at {transport.url} (loaded: "
+        f"[1, 2]; server said: Servable not found for request: Specific(toy, 7)). Address a "
+        f"loaded version, or load it with model_version_policy in models.config."
+    )
+
+
+def test_unknown_label_is_the_same_error(transport):
+    with pytest.raises(LabelNotFoundError) as e:
+        _connect(transport.url, label="beta").predict([[1, 2, 3, 4]], "score_pixels")
+    assert str(e.value) == (
+        f"model 'toy' has no version labelled 'beta' on TF Serving at {transport.url} (server "
+        f"said: Unrecognized servable version label: beta). Labels come from version_labels in "
+        f"models.config: python -m apps.common.models_config config --label toy:beta=VERSION"
+    )
+    assert e.value.status == 400
+
+
+def test_bad_input_is_a_server_error_with_tensorflows_words(transport):
+    client = _connect(transport.url)
+    with pytest.raises(ServerError, match="Unknown image file format") as e:
+        client.predict([encode_b64(b"not an image")])
+    assert e.value.status == 400  # gRPC's INVALID_ARGUMENT reads as REST's 400.
+    with pytest.raises(ServerError) as e:
+        client.predict(["x"], signature_name="nope")
+    assert e.value.server_message == 'Serving signature name: "nope" not found in signature def'
+
+
+def test_grpc_timeout_is_a_timeout_error_without_retry(both):
+    stub = both["grpc"]
+    stub.requests.clear()
+    stub.delay = 3.0
+    try:
+        client = _connect(stub.url, timeout=0.5, retries=3)
+        start = time.monotonic()
+        with pytest.raises(ServingTimeoutError) as e:
+            client.status()
+        assert time.monotonic() - start < 2.0
+    finally:
+        stub.delay = 0.0
+    assert str(e.value) == (
+        f"TF Serving at {stub.url}/models/toy:GetModelStatus did not answer within 0.5 s "
+        f"(--timeout); the server may be overloaded or the request too large: raise --timeout "
+        f"SECONDS, or check the server."
+    )
+    assert isinstance(e.value, TimeoutError) and len(stub.requests) == 1
+
+
+def test_grpc_unreachable_server_retries_with_backoff_then_fails():
+    url = f"grpc://127.0.0.1:{_closed_port()}"
+    client = GrpcServingClient(url, "toy", retries=3, backoff=0.05)
+    sleeps = []
+    client._sleep = sleeps.append
+    with pytest.raises(ServerUnreachableError) as e:
+        client.predict(["x"])
+    assert e.value.attempts == 4 and sleeps == [0.05, 0.1, 0.2]
+    message = str(e.value)
+    assert message.startswith(
+        f"could not reach TF Serving at {url}/models/toy:GetModelMetadata after 4 attempts ("
+    )
+    assert message.endswith(
+        "Is the server running and its gRPC port published (docker run -p 8500:8500 ...)?"
+    )
+    assert isinstance(e.value, ConnectionError)
+
+
+def test_grpc_client_pointed_at_the_rest_port_says_so(both):
+    url = both["rest"].url.replace("http://", "grpc://")
+    with pytest.raises(MalformedResponseError, match=r"port 8500, not REST 8501"):
+        _connect(url, retries=0).status()
+
+
+def test_overload_is_a_clean_error_on_both(toy_base):
+    """Beyond `max_threads` calls in flight: REST 503, gRPC RESOURCE_EXHAUSTED (429)."""
+    import threading
+
+    store = ModelStore({"toy": toy_base})
+    with (
+        ServingStub(store=store, max_threads=1, delay=1.0) as rest,
+        GrpcServingStub(store=store, max_threads=1, delay=1.0) as grpc_stub,
+    ):
+        cases = (
+            (rest, 503, None, "HTTP 503: Server overloaded: more than 1 requests in flight"),
+            (
+                grpc_stub,
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Concurrent RPC limit exceeded!",
+            ),  # grpc's words
+        )
+        for stub, status, code, words in cases:
+            busy = threading.Thread(target=_connect(stub.url).status)
+            busy.start()
+            time.sleep(0.3)  # The first call holds the only thread.
+            with pytest.raises(ServerError) as e:
+                _connect(stub.url).status()
+            busy.join()
+            assert (e.value.status, e.value.code) == (status, code)
+            assert words in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["grpc://", "grpc://host:port", "grpc://localhost:8500/v1/models"],
+)
+def test_bad_grpc_address(address):
+    with pytest.raises(UserError, match=re.escape(f"Received: address={address!r}")):
+        GrpcServingClient(address, "toy")
+
+
+def test_version_and_label_together_are_refused():
+    with pytest.raises(UserError, match="address a version or a label, not both"):
+        ServingClient("http://localhost:8501", "toy", version=1, label="stable")
+    with pytest.raises(UserError, match=r"Received: label='1st'"):
+        connect("grpc://localhost:8500", "toy", label="1st")
+
+
+# -- models.config: version labels ----------------------------------------------------
+
+
+def _fake_versions(base, *versions):
+    for v in versions:
+        (base / str(v) / "variables").mkdir(parents=True)
+        (base / str(v) / "variables" / "variables.index").write_text("index")
+        (base / str(v) / "saved_model.pb").write_text("graph")
+
+
+def test_labels_round_trip_through_the_official_parser():
+    text = format_models_config(
+        {"medical_cnn": "/models/medical_cnn", "translator": "/models/translator"},
+        {"medical_cnn": [2]},
+        {"translator": {"stable": 3, "canary": 4}},
+    )
+    config = text_format.Parse(text, _model_server_config_class()())
+    medical, translator = config.model_config_list.config
+    assert list(medical.model_version_policy.specific.versions) == [2]
+    assert not medical.version_labels
+    assert list(translator.model_version_policy.specific.versions) == [3, 4]
+    assert dict(translator.version_labels) == {"stable": 3, "canary": 4}
+    # Printed back by protobuf and parsed again: the same message.
+    again = text_format.Parse(text_format.MessageToString(config), _model_server_config_class()())
+    assert again == config
+
+
+def test_config_command_writes_labels_for_versions_found_here(tmp_path, capsys):
+    saved = tmp_path / "saved_models"  # Mounted at /models in the container.
+    _fake_versions(saved / "translator", 3, 4)
+    out = saved / "models.config"
+    argv = ["config", "--base-path", "/models", "--out", str(out)]
+    argv += ["--label", "translator:stable=3", "--label", "translator:canary=4"]
+    assert models_config.main(argv) == 0
+    config = text_format.Parse(out.read_text(), _model_server_config_class()())
+    translator = config.model_config_list.config[1]
+    assert (translator.name, translator.base_path) == ("translator", "/models/translator")
+    assert list(translator.model_version_policy.specific.versions) == [3, 4]
+    assert dict(translator.version_labels) == {"stable": 3, "canary": 4}
+    assert (
+        "translator -> /models/translator (labels: stable=3, canary=4)" in capsys.readouterr().out
+    )
+
+    # Promote: stable moves to 4, version 3 is unloaded.
+    argv = ["config", "--base-path", "/models", "--out", str(out), "--label", "translator:stable=4"]
+    assert models_config.main(argv) == 0
+    translator = text_format.Parse(out.read_text(), _model_server_config_class()())
+    translator = translator.model_config_list.config[1]
+    assert list(translator.model_version_policy.specific.versions) == [4]
+    assert dict(translator.version_labels) == {"stable": 4}
+
+
+def test_a_label_must_name_a_version_found_here(tmp_path, capsys):
+    saved = tmp_path / "saved_models"
+    _fake_versions(saved / "translator", 1, 2)
+    (saved / "translator" / "5").mkdir()  # Empty: no version.
+    out = saved / "models.config"
+    for flag in (["--label", "translator:canary=5"], ["--pin", "translator=2,7"]):
+        argv = ["config", "--base-path", str(saved), "--out", str(out), *flag]
+        assert models_config.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        missing = 5 if flag[0] == "--label" else 7
+        assert err == (
+            f"error: {flag[0]} {flag[1]}: {saved / 'translator'} holds no version {missing} of "
+            f"'translator' (versions there: [1, 2]). Export it first, or name one of those."
+        )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--label", "translator=3"], "expected MODEL:LABEL=VERSION"),
+        (["--label", "translator:stable"], "expected MODEL:LABEL=VERSION"),
+        (["--label", "translator:1st=3"], "Received: 'translator:1st=3'"),
+        (["--label", "translator:stable=-3"], "e.g. translator:stable=3"),
+    ],
+)
+def test_bad_label_syntax_is_a_usage_error(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        models_config.main(["config", "--out", str(tmp_path / "m.config"), *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m.config").exists()
+
+
+def test_conflicting_or_unknown_labels_are_clear_errors(tmp_path, capsys):
+    out = tmp_path / "m.config"
+    argv = ["config", "--out", str(out), "--label", "translator:stable=3"]
+    assert models_config.main([*argv, "--label", "translator:stable=4"]) == 2
+    assert "given twice, for versions 3 and 4" in capsys.readouterr().err
+    assert models_config.main([*argv, "--model", "medical_cnn"]) == 2
+    assert "--label names models ['translator'] that models.config does not list" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
+
+
+# -- saved_models/batching_parameters.txt ----------------------------------------------
+
+
+def _batching_parameters_class():
+    """tensorflow.serving.BatchingParameters, which `--batching_parameters_file` is parsed into.
+
+    The pip package tensorflow-serving-api does not ship
+    `tensorflow_serving/servables/tensorflow/session_bundle_config_pb2`, so the
+    message is declared here from session_bundle_config.proto: the published
+    names, numbers and types of the fields this project sets (and the rest of
+    the scheduler fields, so that a typo cannot parse as one of them).
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    wrappers = descriptor_pb2.FileDescriptorProto()
+    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
+    pool.Add(wrappers)
+    f = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto",
+        package="tensorflow.serving",
+        dependency=["google/protobuf/wrappers.proto"],
+        syntax="proto3",
+    )
+    message = fdp.message_type.add(name="BatchingParameters")
+    int64 = (f.TYPE_MESSAGE, ".google.protobuf.Int64Value")
+    for name, number, (ftype, type_name) in [
+        ("max_batch_size", 1, int64),
+        ("batch_timeout_micros", 2, int64),
+        ("max_enqueued_batches", 3, int64),
+        ("num_batch_threads", 4, int64),
+        ("thread_pool_name", 5, (f.TYPE_MESSAGE, ".google.protobuf.StringValue")),
+        ("pad_variable_length_inputs", 7, (f.TYPE_BOOL, None)),
+    ]:
+        field = message.field.add(name=name, number=number, type=ftype, label=f.LABEL_OPTIONAL)
+        if type_name:
+            field.type_name = type_name
+    message.field.add(
+        name="allowed_batch_sizes", number=6, type=f.TYPE_INT64, label=f.LABEL_REPEATED
+    )
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+    )
+
+
+def test_committed_batching_parameters_parse_as_tf_serving_reads_them():
+    text = (PROJECT_ROOT / "saved_models" / "batching_parameters.txt").read_text()
+    params = text_format.Parse(text, _batching_parameters_class()())
+    assert params.max_batch_size.value == 32
+    assert params.batch_timeout_micros.value == 2000
+    assert params.num_batch_threads.value == 2
+    assert params.max_enqueued_batches.value == 8
+    assert params.pad_variable_length_inputs is False
+    assert not params.allowed_batch_sizes  # Any batch size up to max_batch_size.
+    # The docs' docker line enables exactly this file.
+    docs = (PROJECT_ROOT / "docs" / "serving.md").read_text()
+    assert "--enable_batching" in docs
+    assert "--batching_parameters_file=/models/batching_parameters.txt" in docs
+
+
+def test_the_batching_parameters_file_is_committed():
+    result = subprocess.run(
+        ["git", "check-ignore", "-q", "saved_models/batching_parameters.txt"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+    )
+    assert result.returncode == 1  # Not ignored.

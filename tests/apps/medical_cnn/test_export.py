@@ -137,3 +137,23 @@ def test_export_refuses_bad_model(tmp_path):
     with pytest.raises(ModelLoadError, match="not a valid .keras file"):
         export(broken, tmp_path / "base")
     assert not (tmp_path / "base").exists()
+
+
+def test_export_carries_warmup_requests_that_replay(tiny_run, tmp_path):
+    from tests.serving_stub import replay_warmup_requests
+
+    run_dir, _ = tiny_run
+    version = export(run_dir, tmp_path / "medical_cnn")
+    replayed = replay_warmup_requests(version)
+    assert [(name, len(next(iter(inputs.values())))) for name, inputs, _ in replayed] == [
+        ("serving_default", 1),
+        ("serving_default", 3),
+        ("predict_pixels", 1),
+        ("predict_pixels", 3),
+    ]
+    # The images and their pixels give the same answers, with the run's threshold.
+    (_, _, by_bytes), (_, _, by_pixels) = replayed[1], replayed[3]
+    np.testing.assert_allclose(by_bytes["probability"], by_pixels["probability"], atol=1e-6)
+    threshold = json.loads((run_dir / "threshold.json").read_text())["threshold"]
+    assert by_bytes["threshold"].tolist() == [threshold] * 3
+    assert replayed[3][1]["pixels"].shape[1:] == (28, 28, 1)

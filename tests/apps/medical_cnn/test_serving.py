@@ -1,7 +1,8 @@
 """`medical-cnn predict --server`: the served answers print exactly what local prediction prints.
 
-The server is `tests.serving_stub.ServingStub` (a stand-in for TF Serving's REST
-API over the real SavedModels exported from the tiny trained run).
+The servers are `tests.serving_stub.ServingStub` and `GrpcServingStub` (stand-ins
+for TF Serving's REST and gRPC APIs over the real SavedModels exported from the
+tiny trained run).
 """
 
 import json
@@ -15,7 +16,7 @@ from PIL import Image
 from apps.medical_cnn.cli import main
 from apps.medical_cnn.export import export
 from apps.medical_cnn.serving import decode_error_reason
-from tests.serving_stub import ServingStub, write_toy_saved_model
+from tests.serving_stub import GrpcServingStub, ServingStub, write_toy_saved_model
 
 
 def _run(capsys, *argv):
@@ -239,12 +240,18 @@ def test_unreachable_server_exits_2_without_traceback(images, capsys):
         ),
         (
             ["--model", "run", "--model-version", "3"],
-            "error: --model-name and --model-version address a server: add --server URL.",
+            "error: --model-name, --model-version and --model-label address a server: "
+            "add --server URL.",
+        ),
+        (
+            ["--model", "run", "--model-label", "canary"],
+            "error: --model-name, --model-version and --model-label address a server: "
+            "add --server URL.",
         ),
         (
             ["--server", "localhost:8501"],
-            "error: base_url must be an http(s) URL such as http://localhost:8501. "
-            "Received: base_url='localhost:8501'",
+            "error: the server must be a REST URL such as http://localhost:8501 or a gRPC "
+            "address such as grpc://localhost:8500. Received: 'localhost:8501'",
         ),
     ],
 )
@@ -259,3 +266,79 @@ def test_bad_model_version_is_a_usage_error(capsys):
         main(["predict", "--server", "http://localhost:8501", "--model-version", "-1", "x.png"])
     assert info.value.code == 2
     assert "expected an integer >= 0, got '-1'" in capsys.readouterr().err
+
+
+def test_grpc_output_equals_rest_and_local_output(served, images, capsys):
+    stub, run_dir, other_run = served
+    good, mixed = images
+    _, local, _ = _run(capsys, "predict", "--model", run_dir, *mixed)
+    _, by_other_run, _ = _run(capsys, "predict", "--model", other_run, *good)
+    _, rest, _ = _run(capsys, "predict", "--server", stub.url, *mixed)
+    stub.store.labels["medical_cnn"] = {"stable": 1, "canary": 2}
+    try:
+        with GrpcServingStub(store=stub.store) as grpc_stub:
+            status, remote, err = _run(capsys, "predict", "--server", grpc_stub.url, *mixed)
+            assert status == 1
+            assert remote == rest  # The very same lines as REST, errors included.
+            _assert_same_lines(remote, local)
+            assert "broken.jpg" in err
+            methods = [m for m, *_ in grpc_stub.requests]
+            assert methods == ["GetModelMetadata"] + ["Predict"] * (1 + len(good) + 1)
+
+            argv = ["predict", "--server", grpc_stub.url]
+            _, v1, _ = _run(capsys, *argv, "--model-version", 1, *good)
+            _assert_same_lines(v1, by_other_run)
+            _, stable, _ = _run(capsys, *argv, "--model-label", "stable", *good)
+            _assert_same_lines(stable, by_other_run)
+            assert grpc_stub.requests[-1] == ("Predict", "medical_cnn", "stable", "serving_default")
+            _, canary, _ = _run(capsys, *argv, "--model-label", "canary", *good)
+            _assert_same_lines(canary, [local[mixed.index(path)] for path in good])
+
+            status, lines, err = _run(capsys, *argv, "--model-version", 7, *good)
+            assert (status, lines) == (2, [])
+            assert err.strip() == (
+                f"error: version 7 of model 'medical_cnn' is not loaded on TF Serving at "
+                f"{grpc_stub.url} (loaded: [1, 2]; server said: Servable not found for request: "
+                f"Specific(medical_cnn, 7)). Address a loaded version, or load it with "
+                f"model_version_policy in models.config."
+            )
+            status, _, err = _run(capsys, *argv, "--model-name", "chest_xray", good[0])
+            assert status == 2
+            assert err.startswith(
+                f"error: model 'chest_xray' not found on TF Serving at {grpc_stub.url}"
+            )
+            status, _, err = _run(capsys, *argv, "--model-label", "beta", good[0])
+            assert status == 2
+            assert err.startswith(
+                "error: model 'medical_cnn' has no version labelled 'beta' on TF Serving at "
+                f"{grpc_stub.url}"
+            )
+        # The same label over REST.
+        _, stable, _ = _run(
+            capsys, "predict", "--server", stub.url, "--model-label", "stable", *good
+        )
+        _assert_same_lines(stable, by_other_run)
+        assert ("POST", "/v1/models/medical_cnn/labels/stable:predict") in stub.requests
+    finally:
+        stub.store.labels.pop("medical_cnn")
+
+
+def test_unreachable_grpc_server_exits_2_without_traceback(images, capsys):
+    with socket.socket() as s:  # A port nothing listens on.
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"grpc://127.0.0.1:{port}"
+    status, lines, err = _run(capsys, "predict", "--server", url, images[0][0])
+    assert (status, lines) == (2, [])
+    assert err.startswith(
+        f"error: could not reach TF Serving at {url}/models/medical_cnn:GetModelMetadata "
+        "after 4 attempts ("
+    )
+    assert "its gRPC port published" in err and "Traceback" not in err
+
+
+def test_model_version_and_label_together_are_refused(capsys):
+    argv = ["predict", "--server", "grpc://127.0.0.1:1", "--model-version", "1"]
+    status, lines, err = _run(capsys, *argv, "--model-label", "stable", "x.png")
+    assert (status, lines) == (2, [])
+    assert err.strip() == "error: give either --model-version N or --model-label LABEL, not both."

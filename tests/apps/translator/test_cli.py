@@ -201,20 +201,36 @@ def test_python_dash_m_entry_point_reads_stdin(tiny_run, translator):
 
 def test_translate_through_a_serving_server_prints_the_same(tiny_run, translator, tmp_path, capsys):
     from apps.translator.export import export
-    from tests.serving_stub import ServingStub
+    from tests.serving_stub import GrpcServingStub, ServingStub
 
     base = tmp_path / "translator"
     export(tiny_run[0], base=base)
     sentences = ["Where is Tom?", "", LONG]
-    with ServingStub({"translator": base}) as stub:
-        status, out, err = _run(["translate", "--server", stub.url, *sentences], capsys)
-        assert status == 0, err
-        assert out.splitlines() == translator.translate(sentences)
-        assert "warning: line 3 has 46 tokens" in err
-        status, _, err = _run(
-            ["translate", "--server", stub.url, "--model-name", "nope", "Hi."], capsys
-        )
-    assert status == 2 and err.startswith("error: ") and "nope" in err
+    expected = translator.translate(sentences)
+    with (
+        ServingStub({"translator": base}, labels={"translator": {"stable": 1}}) as stub,
+        GrpcServingStub(store=stub.store) as grpc_stub,
+    ):
+        for url in (stub.url, grpc_stub.url):  # REST, then gRPC: the same lines.
+            status, out, err = _run(["translate", "--server", url, *sentences], capsys)
+            assert status == 0, err
+            assert out.splitlines() == expected
+            assert "warning: line 3 has 46 tokens" in err
+            status, out, err = _run(
+                ["translate", "--server", url, "--model-label", "stable", *sentences], capsys
+            )
+            assert (status, out.splitlines()) == (0, expected), err
+            status, _, err = _run(
+                ["translate", "--server", url, "--model-name", "nope", "Hi."], capsys
+            )
+            assert status == 2 and err.startswith("error: model 'nope' not found")
+            status, _, err = _run(
+                ["translate", "--server", url, "--model-label", "canary", "Hi."], capsys
+            )
+            assert status == 2
+            assert err.startswith("error: model 'translator' has no version labelled 'canary'")
+    assert ("Predict", "translator", "stable", "serving_default") in grpc_stub.requests
+    assert ("Predict", "translator", None, "source_stats") in grpc_stub.requests
 
 
 def test_corrupt_model_file_is_a_clear_error(tiny_run, tmp_path, capsys):
@@ -383,8 +399,8 @@ BAD_INPUTS = {
     ),
     "server_without_scheme": (
         ["translate", "--server", "localhost:8501", "Hi."],
-        "base_url must be an http(s) URL such as http://localhost:8501. "
-        "Received: base_url='localhost:8501'",
+        "the server must be a REST URL such as http://localhost:8501 or a gRPC address such as "
+        "grpc://localhost:8500. Received: 'localhost:8501'",
     ),
     "evaluate_pairs_is_a_folder": (
         ["evaluate", "--model", "{run}", "--pairs", "{dir}"],

@@ -116,3 +116,20 @@ def test_export_of_a_non_run_directory_fails_clearly(tmp_path):
     with pytest.raises(ModelLoadError, match="holds no config.json"):
         export(tmp_path, base=tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_export_carries_warmup_requests_that_replay(tiny_run, exported):
+    from apps.translator.export import WARMUP_SENTENCES
+    from tests.serving_stub import replay_warmup_requests
+
+    replayed = replay_warmup_requests(exported[1])
+    assert [(name, len(inputs["sentences"])) for name, inputs, _ in replayed] == [
+        ("serving_default", 1),
+        ("serving_default", len(WARMUP_SENTENCES)),
+        ("source_stats", 1),
+        ("source_stats", len(WARMUP_SENTENCES)),
+    ]
+    expected = Translator.from_run_dir(tiny_run[0]).translate(list(WARMUP_SENTENCES))
+    translations = [t.decode("utf-8") for t in replayed[1][2]["translations"]]
+    assert translations == expected
+    assert sorted(replayed[3][2]) == ["max_words", "num_unknown", "num_words"]
