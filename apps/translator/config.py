@@ -346,8 +346,9 @@ def default() -> TranslatorConfig:
     return TranslatorConfig(
         tokenizer="subword",
         shared_vocab=True,
-        source_vocab_size=16000,
-        target_vocab_size=16000,
+        source_vocab_size=8000,
+        target_vocab_size=8000,
+        epochs=7,
         jit_compile=True,
         time_budget_minutes=58.0,
     )

@@ -1,7 +1,9 @@
 """The translator on the JAX backend, in a process where TensorFlow cannot be imported.
 
 This (TensorFlow) test process prepares a slice of the real corpus with
-`translator prepare` and trains a tiny model from it. One JAX process
+`translator prepare` and trains a tiny model from it, once with word tokens
+(`tiny`) and once with shared SentencePiece pieces (`tiny-subword`, whose ids
+the JAX side detokenises in Python). One JAX process per tokenizer
 (`jax_side`, shared by the tests here), whose import blocker refuses
 `tensorflow` and `tensorflow_datasets`, then runs `translator train
 --prepared` for three short epochs, and computes logits and cached greedy tokens for
@@ -22,7 +24,7 @@ import pytest
 
 from apps.common.model_io import load_keras_model
 from apps.translator.cli import main
-from apps.translator.config import tiny
+from apps.translator.config import get_config, vocabulary_files
 from apps.translator.data import read_pairs, split_pairs
 from apps.translator.decoding import compile_decoder
 from apps.translator.evaluate import evaluate_pairs
@@ -81,9 +83,12 @@ def short_pairs(pairs, n):
     return keep[:n]
 
 
-@pytest.fixture(scope="module")
-def jax_side(spa_splits, tmp_path_factory):
-    root = tmp_path_factory.mktemp("backends")
+@pytest.fixture(scope="module", params=["tiny", "tiny-subword"])
+def jax_side(request, spa_splits, tmp_path_factory):
+    """Both tokenizers: word ids, and SentencePiece pieces (detokenised in Python on JAX)."""
+    preset = request.param
+    config = get_config(preset)
+    root = tmp_path_factory.mktemp(f"backends-{preset}")
     corpus = write_pairs_file(
         root / "spa.txt",
         short_pairs(spa_splits.train, 3000)
@@ -91,10 +96,10 @@ def jax_side(spa_splits, tmp_path_factory):
         + short_pairs(spa_splits.test, 50),
     )
     prepared_dir = root / "prepared"
-    prepare(tiny(), prepared_dir, data=corpus, preset="tiny")
+    prepare(config, prepared_dir, data=corpus, preset=preset)
     # The TensorFlow side: a tiny model trained by this process on the same arrays.
     tf_run = root / "tf_run"
-    train(dataclasses.replace(tiny(), epochs=3), run_dir=tf_run, prepared=prepared_dir, verbose=0)
+    train(dataclasses.replace(config, epochs=3), run_dir=tf_run, prepared=prepared_dir, verbose=0)
     val = load_prepared(prepared_dir).split("val")
     inputs = {
         "source": val.source_tokens[:16],
@@ -107,6 +112,7 @@ def jax_side(spa_splits, tmp_path_factory):
     args = [prepared_dir, jax_run, tf_run / "model.keras", root / "inputs.npz", out]
     proc = run_python_script(JAX_SCRIPT, args, root, "jax", timeout=300, name="jax_side.py")
     return {
+        "config": config,
         "corpus": corpus,
         "prepared": prepared_dir,
         "jax_run": jax_run,
@@ -136,11 +142,12 @@ def test_cli_trains_from_prepared_arrays_under_jax_without_tensorflow(jax_side):
     assert report["tensorflow_modules"] == []
     names = {p.name for p in run_dir.iterdir()}
     expected = {"model.keras", "config.json", "history.csv", "metrics.json"}
-    assert expected | {"vocab_source.txt", "vocab_target.txt"} <= names
+    vocabularies = vocabulary_files(jax_side["config"])
+    assert expected | set(vocabularies) <= names
     assert "logs" not in names and "backup" not in names
-    for name in ("vocab_source.txt", "vocab_target.txt"):
+    for name in vocabularies:
         assert (run_dir / name).read_bytes() == (jax_side["prepared"] / name).read_bytes()
-    # Without --preset, the preparation's config (tiny), with the --epochs override.
+    # Without --preset, the preparation's config, with the --epochs override.
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved == {
         "app": "translator",  # Which app wrote the run directory.
@@ -171,7 +178,8 @@ def test_cli_trains_from_prepared_arrays_under_jax_without_tensorflow(jax_side):
 def test_jax_trained_model_gives_the_same_logits_and_tokens_under_tensorflow(jax_side):
     on_jax = np.load(jax_side["out"] / "jax_model_on_jax.npz")
     logits, tokens = _on_tensorflow(jax_side["jax_run"], jax_side["inputs"])
-    assert logits.shape == (16, 10, len(load_prepared(jax_side["prepared"]).target_tokens))
+    width = jax_side["config"].sequence_length
+    assert logits.shape == (16, width, len(load_prepared(jax_side["prepared"]).target_tokens))
     np.testing.assert_allclose(logits, on_jax["logits"], atol=1e-5)
     assert len(np.unique(tokens)) >= 5  # Real words, not one repeated token.
     np.testing.assert_array_equal(tokens, on_jax["tokens"])

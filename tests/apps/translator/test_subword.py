@@ -482,7 +482,8 @@ def test_unseen_names_and_numbers_copy_through_a_shared_vocabulary(tmp_path):
         eval_sentences=0,
         seed=3,
     )
-    train(config, run_dir=tmp_path / "run", splits=Splits(training, training[:64], []), verbose=0)
+    held_out = _copy_pairs(64, seed=1)
+    train(config, run_dir=tmp_path / "run", splits=Splits(training, held_out, held_out), verbose=0)
     seen = {w for p in training for w in p.english.split()}
     sentences = [
         "Xanthippe bought 37 apples.",
