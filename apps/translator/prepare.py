@@ -76,6 +76,7 @@ def prepare(
         resolve_data_path,
         split_pairs,
     )
+    from apps.translator.augment import copy_augment
     from apps.translator.vectorization import build_vocabularies, save_vocabularies
 
     out_dir = check_run_dir_path(out_dir, "--out")
@@ -99,6 +100,9 @@ def prepare(
 
     source_vocab, target_vocab = build_vocabularies(train_pairs, config)
     save_vocabularies(out_dir, source_vocab, target_vocab)
+    # After the vocabulary is learned from the text as written: random names
+    # must not become pieces.
+    train_pairs, copy_augmented = copy_augment(train_pairs, config.copy_augmentation, seed=0)
     length = config.sequence_length
     counts = {}
     for name, pairs in zip(SPLITS, (train_pairs, splits.val, splits.test), strict=True):
@@ -108,6 +112,7 @@ def prepare(
             arrays = {key: dense(x, length) for key, x in zip(ARRAY_KEYS, encoded, strict=True)}
         counts[name] = {
             "pairs": len(pairs),
+            **({"copy_augmented_pairs": copy_augmented} if name == "train" else {}),
             "kept_pairs": int(arrays["labels"].shape[0]),
             "label_tokens": int(np.count_nonzero(arrays["labels"])),
         }

@@ -178,6 +178,7 @@ def test_config_rejects_bad_tokenizer_settings(changes, message):
 def test_default_preset_is_shared_subword():
     config = get_config("default")
     assert (config.tokenizer, config.shared_vocab) == ("subword", True)
+    assert config.jit_compile and config.copy_augmentation > 0
     assert TranslatorConfig().tokenizer == "word"  # what an old config.json without it means
 
 
