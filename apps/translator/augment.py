@@ -43,7 +43,7 @@ _NAME_LOWER_SHARE = 1 / 20
 
 
 def word_counts(pairs: Sequence[Pair]) -> Counter:
-    """How often each word (`\w+`, case kept) is written in `pairs`, both sides."""
+    r"""How often each word (`\w+`, case kept) is written in `pairs`, both sides."""
     counts = Counter()
     for pair in pairs:
         for text in pair:

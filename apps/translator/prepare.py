@@ -68,6 +68,7 @@ def prepare(
     """
     import tensorflow as tf  # noqa: F401  (tokenising needs it; fail here, clearly)
 
+    from apps.translator.augment import copy_augment
     from apps.translator.data import (
         check_split_sizes,
         encode_pairs,
@@ -76,7 +77,6 @@ def prepare(
         resolve_data_path,
         split_pairs,
     )
-    from apps.translator.augment import copy_augment
     from apps.translator.vectorization import build_vocabularies, save_vocabularies
 
     out_dir = check_run_dir_path(out_dir, "--out")

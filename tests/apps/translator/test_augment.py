@@ -92,17 +92,13 @@ def test_config_checks_copy_augmentation(changes, message):
         TranslatorConfig(**fields)
 
 
-def test_prepare_rewrites_training_pairs_only_and_learns_the_vocabulary_first(
-    spa_splits, tmp_path
-):
+def test_prepare_rewrites_training_pairs_only_and_learns_the_vocabulary_first(spa_splits, tmp_path):
     splits = Splits(spa_splits.train[:3000], spa_splits.val[:200], spa_splits.test[:50])
     plain_dir, augmented_dir = tmp_path / "plain", tmp_path / "augmented"
     prepare(tiny_subword(), plain_dir, splits=splits)
     config = dataclasses.replace(tiny_subword(), copy_augmentation=0.5)
     manifest = prepare(config, augmented_dir, splits=splits)
-    eligible = sum(
-        bool(copyable_tokens(p, word_counts(splits.train))) for p in splits.train
-    )
+    eligible = sum(bool(copyable_tokens(p, word_counts(splits.train))) for p in splits.train)
     assert eligible > 300  # Tom alone is in many of them.
     assert abs(manifest["splits"]["train"]["copy_augmented_pairs"] - eligible / 2) <= 4 * np.sqrt(
         eligible / 4
