@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 from apps.common.cli import default_run_dir  # noqa: E402
 from apps.common.config import (  # noqa: E402
+    add_override_argument,
     apply_overrides,
     config_to_dict,
     load_config,
-    parse_override,
 )
 from apps.common.data import find_shared_data  # noqa: E402
 from apps.common.io import atomic_write_json  # noqa: E402
@@ -55,20 +55,14 @@ def main(argv=None):
     parser.add_argument("--time-budget-minutes", type=float, default=None)
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--pairs", type=Path, default=None, help="extra withheld pairs to score")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        type=parse_override,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a config field (repeatable), e.g. --set shared_vocab=False",
-    )
+    add_override_argument(parser)
     parser.add_argument(
         "--name", default=None, help="names the run and the result file (default: the preset)"
     )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.model is not None and args.overrides:
+        parser.error("--set changes the config of a run to train; --model scores a trained one.")
 
     data = args.data or find_shared_data("spa-eng/spa-eng.zip")
     splits = load_splits(data)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import keras  # noqa: E402
 
-from apps.common.config import apply_overrides, parse_override  # noqa: E402
+from apps.common.config import add_override_argument, apply_overrides  # noqa: E402
 from apps.common.data import find_shared_data  # noqa: E402
 from apps.common.io import atomic_write_json  # noqa: E402
 from apps.common.machine import machine_info  # noqa: E402
@@ -114,15 +114,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=15)
     parser.add_argument("--jit-compile", choices=("config", "on", "off"), default="config")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        type=parse_override,
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a config field of every preset (repeatable), e.g. --set batch_size=128",
-    )
+    add_override_argument(parser)
     parser.add_argument(
         "--output", type=Path, default=ROOT / "benchmarks/results/translator_training.json"
     )

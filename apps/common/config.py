@@ -194,3 +194,24 @@ def parse_override(text: str) -> tuple[str, Any]:
         return name.strip(), ast.literal_eval(value)
     except (ValueError, SyntaxError):
         return name.strip(), value
+
+
+def add_override_argument(parser) -> None:
+    """Adds `--set NAME=VALUE` (repeatable, `parse_override`) to an argparse parser as `overrides`."""
+    import argparse
+
+    def override(text):
+        try:
+            return parse_override(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{e} (e.g. --set batch_size=128)") from None
+
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        type=override,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a config field (repeatable), e.g. --set batch_size=128",
+    )
