@@ -96,19 +96,23 @@ def main(argv=None):
     source = pad_batch(translator.source_vocab.encode(sentences), length).numpy()
     n = len(sentences)
     reference_rows = np.array(_evenly_spaced(list(range(n)), args.reference_sentences), dtype=int)
+    tokens = translator.target_vocab.tokens  # both decoders keep byte pieces to valid UTF-8
     results = {}
 
     # 1. Re-feeding reference, batch 1 (eager, as the classic inference loop).
     start = time.perf_counter()
     reference = np.stack(
-        [reference_greedy_decode(translator.model, source[i : i + 1])[0] for i in reference_rows]
+        [
+            reference_greedy_decode(translator.model, source[i : i + 1], target_tokens=tokens)[0]
+            for i in reference_rows
+        ]
     )
     results["reference_b1"] = _rate(len(reference_rows), time.perf_counter() - start)
 
     # 2-3. The cached graph loop, without and with XLA, at batch 1 and 64 (traced first).
     outputs = {}
     for suffix, jit in (("", False), ("_xla", True)):
-        decode = compile_decoder(translator.layers, jit_compile=jit)
+        decode = compile_decoder(translator.layers, jit_compile=jit, target_tokens=tokens)
         for batch_size in (1, 64):  # Untimed pass: traces (and XLA-compiles) every shape.
             _cached_batched(decode, source, batch_size, length)
         outputs["b1" + suffix], seconds = _cached_batched(decode, source, 1, length)

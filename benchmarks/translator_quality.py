@@ -9,9 +9,10 @@
 Training writes a normal run directory (default `runs/translator/quality-<preset>-<time>`),
 so the model can be exported afterwards. Scores are sacreBLEU (13a, cased) and
 chrF against all references of each test sentence, plus single-reference BLEU, on the
-whole test split and on its rare-word slice: the test pairs whose English holds a word
+whole test split, on its rare-word slice: the test pairs whose English holds a word
 seen fewer than 3 times in the training split (`evaluate.rare_word_pairs`), a proxy for
-text the corpus never saw.
+text the corpus never saw, and on its long-sentence slice: English of 10 words or more
+(`evaluate.long_sentence_pairs`), a proxy for the longer sentences users write.
 Writes `benchmarks/results/translator_quality_<name or preset>.json`.
 """
 
@@ -41,7 +42,11 @@ from apps.common.io import atomic_write_json  # noqa: E402
 from apps.common.machine import machine_info  # noqa: E402
 from apps.translator.config import TranslatorConfig, get_config  # noqa: E402
 from apps.translator.data import load_splits, read_pairs  # noqa: E402
-from apps.translator.evaluate import evaluate_pairs, rare_word_pairs  # noqa: E402
+from apps.translator.evaluate import (  # noqa: E402
+    evaluate_pairs,
+    long_sentence_pairs,
+    rare_word_pairs,
+)
 from apps.translator.train import train  # noqa: E402
 from apps.translator.translate import Translator  # noqa: E402
 
@@ -91,6 +96,8 @@ def main(argv=None):
     test = evaluate_pairs(translator, splits.test, num_samples=10)
     rare = rare_word_pairs(splits.train, splits.test, max_count=3)
     test_rare = evaluate_pairs(translator, rare, num_samples=10)
+    long = long_sentence_pairs(splits.test, min_words=10)
+    test_long = evaluate_pairs(translator, long, num_samples=10)
     report = {
         "command": "python benchmarks/translator_quality.py " + " ".join(sys.argv[1:]),
         "run_dir": str(run_dir),
@@ -100,6 +107,8 @@ def main(argv=None):
         "test": test,
         # Test pairs whose English holds a word seen < 3 times in training.
         "test_rare_words": {"pairs": len(rare), **test_rare},
+        # Test pairs whose English has 10 words or more.
+        "test_long_sentences": {"pairs": len(long), **test_long},
     }
     if args.pairs is not None:
         report["withheld"] = evaluate_pairs(translator, read_pairs(args.pairs), num_samples=10)
@@ -113,6 +122,9 @@ def main(argv=None):
         "test_rare_words_sources": test_rare["num_sources"],
         "test_rare_words_bleu": test_rare["bleu"],
         "test_rare_words_chrf": test_rare["chrf"],
+        "test_long_sentences_sources": test_long["num_sources"],
+        "test_long_sentences_bleu": test_long["bleu"],
+        "test_long_sentences_chrf": test_long["chrf"],
         "train_seconds": (train_metrics or {}).get("train_seconds"),
     }
     if "withheld" in report:

@@ -111,6 +111,16 @@ def rare_word_pairs(train_pairs: Sequence[Pair], pairs: Sequence[Pair], max_coun
     return [p for p in pairs if any(counts[w] < max_count for w in english_words(p.english))]
 
 
+def long_sentence_pairs(pairs: Sequence[Pair], min_words: int = 10) -> list[Pair]:
+    """The pairs whose English has at least `min_words` space-separated words.
+
+    A proxy for the longer sentences users write (the Tatoeba sentences newer
+    than the corpus average more words than it): subword pieces outnumber words,
+    so these are the ones that come nearest the model's `sequence_length`.
+    """
+    return [p for p in pairs if len(p.english.split()) >= min_words]
+
+
 def select_evenly(items: Sequence, limit: int | None) -> list:
     """`limit` items evenly spaced over `items` (all of them if `limit` is None or larger)."""
     items = list(items)
@@ -218,7 +228,7 @@ def translate_ids(
             f"batch_size must be a positive integer. Received: batch_size={batch_size!r}"
         )
     layers = TranslatorLayers(model)
-    decode = compile_decoder(layers)
+    decode = compile_decoder(layers, target_tokens=target_tokens)
     sources = np.asarray(sources, "int32")
     lengths = np.count_nonzero(sources, axis=1)
     bucket, bucket_widths = length_buckets(np.maximum(lengths, 1), sources.shape[1])

@@ -162,15 +162,20 @@ class Translator:
         ids = self.source_vocab.encode(sentences)
         return ids, pad_batch(ids, self.sequence_length)
 
+    def _decode(self, source_ids):
+        # The target tokens keep byte-fallback pieces to whole UTF-8 characters.
+        return greedy_decode(
+            self.layers, source_ids, self.sequence_length, target_tokens=self.target_vocab.tokens
+        )
+
     def _token_ids_graph(self, sentences):
         _, source_ids = self._source_ids(sentences)
-        return source_ids, greedy_decode(self.layers, source_ids, self.sequence_length)
+        return source_ids, self._decode(source_ids)
 
     def translate_graph(self, sentences):
         """Strings `(B,)` -> translations `(B,)`, all in TensorFlow ops."""
         ids, source_ids = self._source_ids(sentences)
-        output_ids = greedy_decode(self.layers, source_ids, self.sequence_length)
-        text = self.target_vocab.decode(output_ids)
+        text = self.target_vocab.decode(self._decode(source_ids))
         return tf.where(ids.row_lengths() > 0, text, tf.constant(""))
 
     def source_stats_graph(self, sentences):

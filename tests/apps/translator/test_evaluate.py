@@ -96,3 +96,16 @@ def test_rare_word_pairs_holds_sentences_with_a_word_seen_under_three_times():
     assert english_words("Don't stop, well-known 37!") == ["Don't", "stop", "well-known", "37"]
     assert [p.spanish for p in rare_word_pairs(train, test)] == ["x", "z", "w"]
     assert [p.spanish for p in rare_word_pairs(train, test, max_count=2)] == ["z", "w"]
+
+
+def test_long_sentence_pairs_counts_space_separated_words():
+    from apps.translator.data import Pair
+    from apps.translator.evaluate import long_sentence_pairs
+
+    pairs = [
+        Pair("One two three four five six seven eight nine ten.", "a"),  # 10 words
+        Pair("One two three four five six seven eight nine.", "b"),  # 9
+        Pair("¿Is it,really?  A  b c d e f g h", "c"),  # 10: punctuation is not a word
+    ]
+    assert [p.spanish for p in long_sentence_pairs(pairs)] == ["a", "c"]
+    assert [p.spanish for p in long_sentence_pairs(pairs, min_words=9)] == ["a", "b", "c"]
