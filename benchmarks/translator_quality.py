@@ -12,7 +12,9 @@ chrF against all references of each test sentence, plus single-reference BLEU, o
 whole test split, on its rare-word slice: the test pairs whose English holds a word
 seen fewer than 3 times in the training split (`evaluate.rare_word_pairs`), a proxy for
 text the corpus never saw, and on its long-sentence slice: English of 10 words or more
-(`evaluate.long_sentence_pairs`), a proxy for the longer sentences users write.
+(`evaluate.long_sentence_pairs`), a proxy for the longer sentences users write; and
+the share of never-seen names and numbers copied into the translations of 200 template
+sentences (`evaluate.copy_probe`).
 Writes `benchmarks/results/translator_quality_<name or preset>.json`.
 """
 
@@ -43,6 +45,9 @@ from apps.common.machine import machine_info  # noqa: E402
 from apps.translator.config import TranslatorConfig, get_config  # noqa: E402
 from apps.translator.data import load_splits, read_pairs  # noqa: E402
 from apps.translator.evaluate import (  # noqa: E402
+    copy_probe,
+    copy_rate,
+    english_words,
     evaluate_pairs,
     long_sentence_pairs,
     rare_word_pairs,
@@ -98,6 +103,10 @@ def main(argv=None):
     test_rare = evaluate_pairs(translator, rare, num_samples=10)
     long = long_sentence_pairs(splits.test, min_words=10)
     test_long = evaluate_pairs(translator, long, num_samples=10)
+    known = {w for p in splits.train for w in english_words(p.english)}
+    probes = copy_probe(200, known)
+    copy_translations = translator.translate([sentence for sentence, _ in probes])
+    copied = copy_rate(probes, copy_translations)
     report = {
         "command": "python benchmarks/translator_quality.py " + " ".join(sys.argv[1:]),
         "run_dir": str(run_dir),
@@ -109,6 +118,14 @@ def main(argv=None):
         "test_rare_words": {"pairs": len(rare), **test_rare},
         # Test pairs whose English has 10 words or more.
         "test_long_sentences": {"pairs": len(long), **test_long},
+        # Template sentences with names, places and numbers never seen in training.
+        "copy_through": {
+            **copied,
+            "samples": [
+                {"source": sentence, "translation": t}
+                for (sentence, _), t in zip(probes[:10], copy_translations[:10], strict=True)
+            ],
+        },
     }
     if args.pairs is not None:
         report["withheld"] = evaluate_pairs(translator, read_pairs(args.pairs), num_samples=10)
@@ -125,6 +142,8 @@ def main(argv=None):
         "test_long_sentences_sources": test_long["num_sources"],
         "test_long_sentences_bleu": test_long["bleu"],
         "test_long_sentences_chrf": test_long["chrf"],
+        "copy_names": copied["names_copied"],
+        "copy_numbers": copied["numbers_copied"],
         "train_seconds": (train_metrics or {}).get("train_seconds"),
     }
     if "withheld" in report:

@@ -121,6 +121,66 @@ def long_sentence_pairs(pairs: Sequence[Pair], min_words: int = 10) -> list[Pair
     return [p for p in pairs if len(p.english.split()) >= min_words]
 
 
+# English sentences in the corpus's style, each with a slot for a name, a place or a number.
+_COPY_TEMPLATES = (
+    "{name} bought {number} books.",
+    "My name is {name}.",
+    "{name} is {number} years old.",
+    "I met {name} in {place}.",
+    "{name} lives in {place}.",
+    "There are {number} students in the class.",
+    "{name} has {number} cats.",
+    "Tell {name} that I called.",
+)
+
+
+def copy_probe(n: int, known_words: set[str], seed: int = 0) -> list[tuple[str, list[str]]]:
+    """`n` template sentences holding names, places and numbers never seen in training.
+
+    Names and places are 4-9 random lower-case letters, capitalised, that are
+    not in `known_words` (the training split's `english_words`, any case);
+    numbers have 2-4 digits. Returns `(sentence, tokens to copy)` pairs: a
+    translation should hold each token exactly as written.
+    """
+    rng = np.random.default_rng([seed, 37])
+    known = {w.lower() for w in known_words}
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+
+    def name():
+        while True:
+            word = "".join(rng.choice(letters, int(rng.integers(4, 10))))
+            if word not in known:
+                return word.capitalize()
+
+    probes = []
+    for _ in range(n):
+        template = _COPY_TEMPLATES[int(rng.integers(len(_COPY_TEMPLATES)))]
+        fill = {
+            "name": name(),
+            "place": name(),
+            "number": str(int(rng.integers(10, 10_000))),
+        }
+        tokens = [fill[key] for key in ("name", "place", "number") if "{" + key + "}" in template]
+        probes.append((template.format(**fill), tokens))
+    return probes
+
+
+def copy_rate(probes: Sequence[tuple[str, list[str]]], translations: Sequence[str]) -> dict:
+    """The share of `copy_probe` tokens found, as written, in their sentence's translation."""
+    found = {"name": [], "number": []}
+    for (_, tokens), translation in zip(probes, translations, strict=True):
+        words = set(re.findall(r"\w+", translation))
+        for token in tokens:
+            found["number" if token.isdigit() else "name"].append(token in words)
+    return {
+        "sentences": len(probes),
+        "names": len(found["name"]),
+        "names_copied": round(float(np.mean(found["name"])), 4) if found["name"] else None,
+        "numbers": len(found["number"]),
+        "numbers_copied": round(float(np.mean(found["number"])), 4) if found["number"] else None,
+    }
+
+
 def select_evenly(items: Sequence, limit: int | None) -> list:
     """`limit` items evenly spaced over `items` (all of them if `limit` is None or larger)."""
     items = list(items)

@@ -109,3 +109,32 @@ def test_long_sentence_pairs_counts_space_separated_words():
     ]
     assert [p.spanish for p in long_sentence_pairs(pairs)] == ["a", "c"]
     assert [p.spanish for p in long_sentence_pairs(pairs, min_words=9)] == ["a", "b", "c"]
+
+
+def test_copy_probe_holds_unseen_names_and_numbers_and_copy_rate_counts_them():
+    from apps.translator.evaluate import copy_probe, copy_rate
+
+    known = {"Tom", "boston", "Mary"}
+    probes = copy_probe(200, known, seed=1)
+    assert len(probes) == 200 and probes == copy_probe(200, known, seed=1)
+    for sentence, tokens in probes:
+        assert tokens and all(t in sentence for t in tokens)
+        for token in tokens:
+            assert (
+                token.isdigit()
+                and 10 <= int(token) < 10_000
+                or (
+                    token.isalpha()
+                    and token[0].isupper()
+                    and token.lower() not in {"tom", "boston", "mary"}
+                )
+            )
+    probes = [("Zorba has 37 cats.", ["Zorba", "37"]), ("My name is Quil.", ["Quil"])]
+    rate = copy_rate(probes, ["Zorba tiene 370 gatos.", "Me llamo Quil."])
+    assert rate == {
+        "sentences": 2,
+        "names": 2,
+        "names_copied": 1.0,
+        "numbers": 1,
+        "numbers_copied": 0.0,
+    }
