@@ -57,14 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Demo page: chest X-ray with Grad-CAM, English->Spanish with attention.",
     )
     parser.add_argument(
-        "--medical", type=Path, default=None, help="medical-cnn run directory (or .keras file)"
+        "--medical",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="medical-cnn run directory (or .keras file)",
     )
     parser.add_argument(
-        "--translator", type=Path, default=None, help="translator run directory or export"
+        "--translator",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="translator run directory or export",
     )
     parser.add_argument(
         "--server",
         default=None,
+        metavar="URL",
         help="TF Serving (models medical_cnn and translator): REST http://HOST:8501 or gRPC "
         "grpc://HOST:8500; --medical/--translator then only add Grad-CAM and attention",
     )
