@@ -218,19 +218,37 @@ class Translator:
         )
         return source_ids.numpy(), output_ids.numpy()
 
-    def cross_attention(self, sentence: str) -> tuple[list[str], list[str], np.ndarray]:
+    @property
+    def num_heads(self) -> int:
+        """Attention heads of the last decoder block (`cross_attention(head=...)` picks one)."""
+        return int(self.layers.decoders[-1].num_heads)
+
+    def cross_attention(
+        self, sentence: str, head: int | None = None
+    ) -> tuple[list[str], list[str], np.ndarray]:
         """The last decoder block's cross-attention for one translated sentence.
+
+        Args:
+            sentence: one English sentence.
+            head: `None` for the mean over heads, else one head, `0..num_heads - 1`.
 
         Returns:
             `(source_tokens, output_tokens, weights)` where `weights` has shape
-            `(len(output_tokens), len(source_tokens))`, averaged over heads;
-            output tokens end with `[END]` when the model produced it. In a
+            `(len(output_tokens), len(source_tokens))`, averaged over heads (or
+            the chosen head's); output tokens end with `[END]` when the model produced it. In a
             subword run the tokens are words (space-separated, punctuation
             attached as written): a source word's column is the **sum** of
             its pieces' columns (the attention the word receives; rows still
             sum to 1) and an output word's row the **mean** of its pieces'
             rows (`merge_attention`).
         """
+        if head is not None and (
+            isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < self.num_heads
+        ):
+            raise ValueError(
+                f"head must be None (the mean) or an integer in 0..{self.num_heads - 1}. "
+                f"Received: head={head!r}"
+            )
         source_ids, output_ids = self.translate_ids([sentence])
         source_len = int((source_ids[0] != PAD_ID).sum())
         out = output_ids[0]
@@ -242,7 +260,8 @@ class Translator:
         _, scores = self.layers.decode(
             decoder_input, encoded, source_mask, return_attention_scores=True
         )
-        weights = np.asarray(scores)[0].mean(axis=0)  # (T, S)
+        scores = np.asarray(scores)[0]  # (heads, T, S)
+        weights = scores.mean(axis=0) if head is None else scores[head]  # (T, S)
         if self.subword:
             source_pieces = [self.source_vocab.tokens[i] for i in source_ids[0, :source_len]]
             output_pieces = [self.target_vocab.tokens[i] for i in out[:out_len]]
@@ -366,8 +385,16 @@ def input_warnings(stats: dict[str, np.ndarray], first_line: int = 1) -> list[st
     return warnings
 
 
+# Two lines: a one-line title is wider than the plot of a short sentence.
+ATTENTION_TITLE = "cross-attention, last decoder block\n(mean over heads)"
+
+
 def plot_cross_attention(
-    source_words: Sequence[str], output_words: Sequence[str], weights: np.ndarray, path
+    source_words: Sequence[str],
+    output_words: Sequence[str],
+    weights: np.ndarray,
+    path,
+    title: str = ATTENTION_TITLE,
 ) -> Path:
     """Writes a heatmap PNG (output tokens as rows, source tokens as columns) atomically."""
     import matplotlib
@@ -384,7 +411,7 @@ def plot_cross_attention(
         ax.set_yticks(range(len(output_words)), labels=output_words)
         ax.set_xlabel("source (English)")
         ax.set_ylabel("output (Spanish)")
-        ax.set_title("cross-attention, last decoder block (mean over heads)")
+        ax.set_title(title)
         fig.colorbar(image, ax=ax, fraction=0.046)
         fig.tight_layout()
         buffer = io.BytesIO()

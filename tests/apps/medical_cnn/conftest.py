@@ -13,10 +13,7 @@ def tiny_config(npz_path, **overrides):
 
 
 @pytest.fixture(scope="session")
-def tiny_run(pneumoniamnist_npz, tmp_path_factory):
-    """A finished `tiny` run directory trained on the real PneumoniaMNIST train/val."""
-    from apps.medical_cnn.train import train
-
-    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
-    report = train(tiny_config(pneumoniamnist_npz), run_dir, verbose=0, tensorboard=False)
-    return run_dir, report
+def tiny_run(medical_tiny_run):
+    """A finished `tiny` run directory trained on the real PneumoniaMNIST train/val
+    (`tests/apps/conftest.py`: shared with the demo page's tests); returns (run_dir, report)."""
+    return medical_tiny_run

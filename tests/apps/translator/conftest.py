@@ -1,7 +1,9 @@
-"""Shared, session-scoped fixtures: the real corpus split, a trained synthetic model, a tiny run.
+"""Shared, session-scoped fixtures: a trained synthetic model and the tiny runs.
 
 Training happens once per session and is reused by every test that needs a
-trained model (decoding equality, export, CLI).
+trained model (decoding equality, export, CLI). The real corpus split
+(`spa_splits`) and the tiny runs are trained in `tests/apps/conftest.py`,
+which the demo page's tests share.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import keras
 import numpy as np
 import pytest
 
-from apps.translator.config import tiny, tiny_subword
-from apps.translator.data import Splits, load_splits
+from apps.translator.config import tiny
+from apps.translator.data import Splits
 from apps.translator.decoding import compile_decoder
 from apps.translator.model import DECODER_INPUT, SOURCE_INPUT, TranslatorLayers, build_model
-from apps.translator.train import compile_model, train
+from apps.translator.train import compile_model
 from apps.translator.vectorization import END_ID, START_ID
 
 REVERSE_VOCAB = 16
@@ -78,29 +80,17 @@ def reverse_model():
 
 
 @pytest.fixture(scope="session")
-def spa_splits(spa_eng_zip) -> Splits:
-    return load_splits(spa_eng_zip)
+def tiny_run(translator_tiny_run):
+    """A `tiny` model trained 3 epochs on 4000 real pairs (`tests/apps/conftest.py`: shared
+    with the demo page's tests); returns (run_dir, metrics)."""
+    return translator_tiny_run
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, spa_splits):
-    """A `tiny` model trained 3 epochs on 4000 real pairs; returns (run_dir, metrics)."""
-    run_dir = tmp_path_factory.mktemp("translator") / "run"
-    small = Splits(spa_splits.train[:4000], spa_splits.val[:400], spa_splits.test[:200])
-    config = dataclasses.replace(tiny(), epochs=3, eval_sentences=40)
-    metrics = train(config, run_dir=run_dir, splits=small, verbose=0)
-    return run_dir, metrics
-
-
-@pytest.fixture(scope="session")
-def tiny_subword_run(tmp_path_factory, spa_splits):
+def tiny_subword_run(translator_tiny_subword_run):
     """A `tiny-subword` model (shared vocabulary, tied embeddings) trained 3 epochs on 4000
     real pairs; returns (run_dir, metrics)."""
-    run_dir = tmp_path_factory.mktemp("translator_subword") / "run"
-    small = Splits(spa_splits.train[:4000], spa_splits.val[:400], spa_splits.test[:200])
-    config = dataclasses.replace(tiny_subword(), epochs=3, eval_sentences=40)
-    metrics = train(config, run_dir=run_dir, splits=small, verbose=0)
-    return run_dir, metrics
+    return translator_tiny_subword_run
 
 
 def write_pairs_file(path: Path, pairs) -> Path:

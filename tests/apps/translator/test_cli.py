@@ -109,6 +109,21 @@ def test_cross_attention_weights_are_distributions_over_real_source_tokens(trans
     assert abs(weights.sum(axis=1) - 1).max() < 1e-5
 
 
+def test_cross_attention_of_each_head_averages_to_the_mean(translator):
+    assert translator.num_heads == 2  # The `tiny` preset.
+    source, output, mean = translator.cross_attention("Where is Tom?")
+    heads = [translator.cross_attention("Where is Tom?", head=h) for h in range(2)]
+    assert all(h[:2] == (source, output) for h in heads)
+    assert abs(heads[0][2].sum(axis=1) - 1).max() < 1e-5  # Each head's rows: distributions.
+    assert abs((heads[0][2] + heads[1][2]) / 2 - mean).max() < 1e-6
+    assert abs(heads[0][2] - heads[1][2]).max() > 1e-3  # The heads differ.
+    for bad in (2, -1, True, 0.5):
+        with pytest.raises(
+            ValueError, match=rf"head must be None .* 0\.\.1\. Received: head={bad}"
+        ):
+            translator.cross_attention("Where is Tom?", head=bad)
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
