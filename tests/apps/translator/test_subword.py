@@ -412,7 +412,12 @@ def test_word_level_run_without_tokenizer_field_still_translates(tiny_run, tmp_p
 
 @pytest.mark.slow
 def test_names_and_numbers_copy_through(spa_splits, tmp_path):
-    """A small shared-vocabulary model keeps a name and a number it never saw in training."""
+    """A small shared-vocabulary model keeps a name and a number it never saw in training.
+
+    `default`'s pipeline (8k shared pieces, copy augmentation) with a 128-wide
+    model, 5 epochs over the whole training split: about 16 minutes on 2 cores.
+    (3 epochs over 60k pairs were too few: "Xanipp le compró 33333mmmmmm.")
+    """
     from apps.translator.train import train
 
     english = "Xanthippe bought 37 kumquats."
@@ -423,8 +428,7 @@ def test_names_and_numbers_copy_through(spa_splits, tmp_path):
         intermediate_dim=512,
         source_vocab_size=8000,
         target_vocab_size=8000,
-        max_train_pairs=60000,
-        epochs=3,
+        epochs=5,
         warmup_steps=400,
         eval_sentences=0,
         time_budget_minutes=None,
