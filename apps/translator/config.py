@@ -364,14 +364,15 @@ def default() -> TranslatorConfig:
     embeddings, give 8.9 English / 8.8 Spanish pieces per test sentence (7.4
     word-level tokens), so 24 positions hold 98.9 % of the training pairs
     (after copy augmentation, whose random names take more pieces; 99.4 %
-    before). 40 positions (all but 47 pairs) measured level on every slice (test,
-    rare-word and long-sentence BLEU within 0.5) but decode a batch of 64
-    27 % slower, since a batch runs until its longest output ends and a
-    rare runaway output then runs to 40 (`apps/translator/README.md`). 8k
-    rather than 16k because the logits are half of a step's arithmetic: a
-    step is 25 % shorter, which buys a seventh epoch within the budget on the
-    slow CPU (XLA: 1.7x faster there). Half the training pairs holding a name or a number get random
-    ones (`copy_augmentation`), so that unseen names and numbers are copied.
+    before). 40 positions (all but 47 pairs) measured level on every slice
+    (test, rare-word and long-sentence BLEU within 0.5) but decode a batch of
+    64 27 % slower, since a batch runs until its longest output ends and a rare
+    runaway output then runs to 40 (`apps/translator/README.md`). 8k rather
+    than 16k because the logits are half of a step's arithmetic: a step is 25 %
+    shorter, which buys a seventh epoch within the budget on the slow CPU (XLA:
+    1.7x faster there). Half the training pairs holding a name or a number get
+    random ones (`copy_augmentation`), so that unseen names and numbers are
+    copied.
     Measured in `apps/translator/README.md` ("The default preset").
     """
     return TranslatorConfig(
